@@ -1,0 +1,3 @@
+from mfpipe.cli import main
+
+raise SystemExit(main())
