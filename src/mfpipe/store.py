@@ -73,3 +73,102 @@ def provenance(**extra) -> dict:
     """Provenance columns for result rows: mfpipe version, git commit, plus what the caller adds
     (torch version, device, wall time...)."""
     return {"mfpipe_version": __version__, "git_commit": git_commit(), **extra}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tables and checking their columns (used by aggregate, fit and figures).
+# ---------------------------------------------------------------------------------------------
+
+#: Type families a column contract can ask for.  ``number`` accepts any integer or float
+#: column (an integer σ_w² of 2 is still a number); ``integer`` only integers; ``bool`` only
+#: booleans; ``string`` any (large) string or dictionary-of-strings column.
+TYPE_FAMILIES = ("number", "integer", "float", "bool", "string")
+
+
+def arrow_type_family(arrow_type) -> str:
+    """The type family (one of ``TYPE_FAMILIES`` or ``other``/``null``) of a pyarrow type."""
+    import pyarrow.types as pat
+
+    if pat.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pat.is_boolean(arrow_type):
+        return "bool"
+    if pat.is_integer(arrow_type):
+        return "integer"
+    if pat.is_floating(arrow_type):
+        return "float"
+    if pat.is_string(arrow_type) or pat.is_large_string(arrow_type) or pat.is_string_view(arrow_type):
+        return "string"
+    if pat.is_null(arrow_type):
+        return "null"
+    return "other"
+
+
+def family_accepts(wanted: str, found: str) -> bool:
+    """Whether a column of family ``found`` satisfies a contract asking for ``wanted``.
+
+    An all-null column (``null``) is accepted for anything: it carries no wrong values."""
+    if found == "null" or wanted == found:
+        return True
+    if wanted == "number":
+        return found in ("integer", "float")
+    if wanted == "float":
+        return found == "integer"
+    return False
+
+
+def schema_problems(schema, required: dict, optional: dict | None = None) -> list[str]:
+    """Problems of a pyarrow schema against a column contract.
+
+    ``required`` and ``optional`` map column name -> type family.  Returns human-readable
+    problems (missing required columns, columns of the wrong family); empty when it conforms.
+    """
+    names = set(schema.names)
+    problems = [f"missing column {name!r} ({family})" for name, family in required.items()
+                if name not in names]
+    for name, family in {**(optional or {}), **required}.items():
+        if name in names:
+            found = arrow_type_family(schema.field(name).type)
+            if not family_accepts(family, found):
+                problems.append(f"column {name!r} is {schema.field(name).type} but must be {family}")
+    return problems
+
+
+def frame_problems(frame, required: dict, optional: dict | None = None) -> list[str]:
+    """``schema_problems`` for a pandas DataFrame."""
+    import pyarrow as pa
+
+    schema = pa.Schema.from_pandas(frame.head(0), preserve_index=False)
+    return schema_problems(schema, required, optional)
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None):
+    """Read one .parquet or .csv (optionally .csv.gz) file into a pandas DataFrame.
+
+    ``columns`` restricts what is read (every listed column must exist).  Raises ``InputError``
+    naming the file for a missing file, an unknown suffix or missing columns.
+    """
+    import pandas as pd
+
+    from mfpipe.errors import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("input", str(path), "an existing .parquet or .csv file")
+    name = path.name.lower()
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        if columns is not None:
+            present = set(pq.read_schema(path).names)
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise InputError(f"columns of {path}", missing, f"columns present: {sorted(present)}")
+        return pq.read_table(path, columns=columns).to_pandas()
+    if name.endswith(".csv") or name.endswith(".csv.gz"):
+        frame = pd.read_csv(path, low_memory=False)
+        if columns is not None:
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise InputError(f"columns of {path}", missing, f"columns present: {sorted(frame.columns)}")
+            frame = frame[columns]
+        return frame
+    raise InputError("input", str(path), "a .parquet, .csv or .csv.gz file")
