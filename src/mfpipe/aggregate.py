@@ -72,6 +72,7 @@ CONTRACTS: dict[str, tuple[dict, dict]] = {
 THEORY_KEY = ("activation", "noise", "noise_var", "sigma_w2", "sigma_b2", "keep_rate")
 
 _MAX_NAMED = 10  # how many offending files an error message lists
+_ROW_GROUP = 1 << 16  # rows per output row group
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +148,7 @@ def read_schemas(files: list[Path]) -> list[pa.Schema]:
     """Parquet footers of all files (threads: footer reads are I/O bound)."""
     def one(path):
         try:
-            return pq.read_schema(path)
+            return pq.read_schema(path).remove_metadata()  # pandas metadata: KBs per file
         except (pa.ArrowInvalid, OSError) as err:
             raise InputError("input", str(path), f"a readable parquet file ({err})") from None
     if len(files) < 64:
@@ -207,10 +208,11 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
     owner: dict[str, str] = {}  # cell_id -> file that holds it
     duplicates: dict[str, set[str]] = {}
     rows = 0
-    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    pending: list[pa.RecordBatch] = []  # cell files are small: write row groups of ≥ 64k rows
+    pending_rows = 0
     with atomic_path(output) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for tagged in dataset.scanner(batch_size=1 << 16).scan_batches():
+            for tagged in _scan(files, schema):
                 batch = tagged.record_batch
                 if batch.num_rows == 0:
                     continue
@@ -222,8 +224,14 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
                     first = owner.setdefault(cid, path)
                     if first != path:
                         duplicates.setdefault(cid, {first}).add(path)
-                writer.write_batch(batch)
+                pending.append(batch)
+                pending_rows += batch.num_rows
                 rows += batch.num_rows
+                if pending_rows >= _ROW_GROUP:
+                    writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=_ROW_GROUP)
+                    pending, pending_rows = [], 0
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=_ROW_GROUP)
         if duplicates:
             lines = [f"cell {cid} in {', '.join(sorted(paths))}"
                      for cid, paths in list(duplicates.items())[:_MAX_NAMED]]
@@ -231,6 +239,14 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
             raise InputError("cell_id", "\n  " + "\n  ".join(lines) + more,
                              "each cell in exactly one file (remove the stale copies)")
     return {"kind": kind, "files": len(files), "rows": rows, "cells": len(owner)}
+
+
+def _scan(files: list[Path], schema: pa.Schema, chunk: int = 2048):
+    """Record batches tagged with their file, a few thousand files per dataset at a time (a
+    dataset keeps every fragment's metadata: one over 100k files would hold GBs)."""
+    for lo in range(0, len(files), chunk):
+        dataset = ds.dataset([str(f) for f in files[lo:lo + chunk]], schema=schema, format="parquet")
+        yield from dataset.scanner(batch_size=1 << 16, fragment_readahead=16).scan_batches()
 
 
 def _aggregate_theory(files: list[Path], schema: pa.Schema, output) -> dict:
