@@ -64,7 +64,6 @@ from pathlib import Path
 import numpy as np
 
 from mfpipe.errors import InputError
-from mfpipe.store import atomic_path
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist5k", "digits")
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -140,6 +139,8 @@ def load_raw(name: str, data_dir: str | os.PathLike | None = None, *, download: 
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     raw = _build_raw(name, resolve_data_dir(data_dir), download=download)
+    from mfpipe.store import atomic_path  # lazy: pyarrow is not needed to read a cache
+
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **raw)
@@ -285,6 +286,8 @@ def seed_fashion_mnist_from_debian(data_dir: Path, source_dirs=None) -> bool:
         if not all(found.values()):
             continue
         folder.mkdir(parents=True, exist_ok=True)
+        from mfpipe.store import atomic_path
+
         for stem, path in found.items():
             with atomic_path(folder / stem) as tmp:
                 opener = gzip.open if path.suffix == ".gz" else open

@@ -1,0 +1,372 @@
+"""Cell parameters shared by training and gradient cells: the machine-readable parameter lists,
+validation and completion, the learning-rate depth rule, CLI flags, devices, and row provenance.
+
+``TRAIN_PARAMS`` and ``GRAD_PARAMS`` map each cell parameter (= output column = CLI flag with
+``_`` → ``-``) to a spec ``{"type", "default", "help"}`` plus ``"allowed"`` (choices) or
+``"min"``/``"max"`` (inclusive bounds) / ``"min_exclusive"``.  Types: ``str``, ``int``,
+``float``, ``bool``, ``int_list``.  The workflow (grid.py, config schema, resource estimates)
+reads these; ``complete_params(kind, params)`` is the one place that validates a cell and fills
+its defaults, and ``cell_id`` must be computed on its result (``cell_identity``) so a cell
+written with and without an explicit default value is one cell.
+
+Learning-rate depth rule (``--lr``, and ``lr`` in configs): ``LR0[,D1:LR1[,D2:LR2…]]`` with
+increasing depth thresholds D1 < D2 < …: depth < D1 uses LR0, D1 ≤ depth < D2 uses LR1, and so
+on.  ``1e-3,200:1e-4`` is Schoenholz et al.'s rule (1e-3 below L = 200, 1e-4 from 200 on); a
+plain number is a constant.  Cells store the *resolved* number in the ``lr`` column, so a rule
+change reruns only the cells whose learning rate actually changes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+
+from mfpipe.data import DATASETS, PREPROCESSING
+from mfpipe.errors import InputError
+from mfpipe.grid import canonical_params, cell_id
+from mfpipe.values import clean_float
+
+# Kept in sync with mfpipe.nets (not imported here: that would import torch).
+ACTIVATIONS = ("tanh", "relu", "erf", "linear", "hard_tanh")
+NOISES = ("dropout", "gaussian")
+INITS = ("gaussian", "orthogonal")
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+GRAD_INPUTS = ("gaussian",) + DATASETS
+LOSSES = ("sum_sq", "cross_entropy")
+DEVICES = ("auto", "cpu", "cuda")
+
+_NETWORK_PARAMS = {
+    "activation": {"type": "str", "default": "tanh", "allowed": list(ACTIVATIONS),
+                   "help": "nonlinearity φ"},
+    "width": {"type": "int", "default": 300, "min": 1, "help": "hidden width N"},
+    "depth": {"type": "int", "default": 10, "min": 1,
+              "help": "number of weight layers L (L−1 hidden layers)"},
+    "sigma_w2": {"type": "float", "default": 1.5, "min_exclusive": 0.0, "help": "weight variance σ_w²"},
+    "sigma_b2": {"type": "float", "default": 0.05, "min": 0.0, "help": "bias variance σ_b²"},
+    "keep_rate": {"type": "float", "default": 1.0, "min_exclusive": 0.0, "max": 1.0,
+                  "help": "dropout keep probability ρ (1 = no dropout)"},
+    "noise": {"type": "str", "default": "dropout", "allowed": list(NOISES),
+              "help": "multiplicative noise: dropout (keep_rate) or gaussian N(1, noise_var)"},
+    "noise_var": {"type": "float", "default": 0.0, "min": 0.0,
+                  "help": "variance of the gaussian multiplicative noise (noise=gaussian only)"},
+    "dropout_input": {"type": "bool", "default": False,
+                      "help": "apply the noise to the network input too (Pretorius: yes, Huang: no)"},
+    "init": {"type": "str", "default": "gaussian", "allowed": list(INITS),
+             "help": "weights N(0, σ_w²/N_in) or orthogonal × σ_w"},
+}
+
+TRAIN_PARAMS: dict[str, dict] = {
+    "dataset": {"type": "str", "default": "mnist5k", "allowed": list(DATASETS), "help": "training data"},
+    "preprocess": {"type": "str", "default": "standardize", "allowed": list(PREPROCESSING),
+                   "help": "input preprocessing (see mfpipe.data)"},
+    "eval_size": {"type": "int", "default": 1000, "min": 0,
+                  "help": "size of the fixed train/test evaluation subsets (0 = whole split)"},
+    **_NETWORK_PARAMS,
+    "optimizer": {"type": "str", "default": "sgd", "allowed": list(OPTIMIZERS), "help": "optimizer"},
+    "lr": {"type": "float", "default": 1e-3, "min_exclusive": 0.0,
+           "help": "learning rate: a number or a depth rule LR0,D1:LR1,… (resolved per cell)"},
+    "batch_size": {"type": "int", "default": 128, "min": 1, "help": "minibatch size"},
+    "steps": {"type": "int", "default": 1000, "min": 0, "help": "training steps"},
+    "checkpoints": {"type": "int_list", "default": [], "min": 0,
+                    "help": "steps at which to record a row (the final step is always recorded)"},
+    "seed": {"type": "int", "default": 0, "min": 0, "help": "seed of init, noise and minibatches"},
+}
+
+GRAD_PARAMS: dict[str, dict] = {
+    "dataset": {"type": "str", "default": "gaussian", "allowed": list(GRAD_INPUTS),
+                "help": "inputs: gaussian = fixed N(0,1) inputs of dimension width (Huang), or a dataset"},
+    "preprocess": {"type": "str", "default": "standardize", "allowed": list(PREPROCESSING),
+                   "help": "input preprocessing for dataset inputs"},
+    "loss": {"type": "str", "default": "sum_sq", "allowed": list(LOSSES),
+             "help": "E = Σ out² (Huang) or cross-entropy with dataset labels (Schoenholz Fig. 4)"},
+    **_NETWORK_PARAMS,
+    "n_inputs": {"type": "int", "default": 2, "min": 2,
+                 "help": "inputs per initialisation (even; consecutive pairs give g_ab and c_l)"},
+    "inits": {"type": "int", "default": 1, "min": 1, "help": "independent initialisations (rows per init_index)"},
+    "seed": {"type": "int", "default": 0, "min": 0, "help": "base seed (weights, inputs, masks)"},
+}
+
+PARAMS = {"train": TRAIN_PARAMS, "grad": GRAD_PARAMS}
+
+
+def param_specs(kind: str) -> dict[str, dict]:
+    if kind not in PARAMS:
+        raise InputError("cell kind", kind, ", ".join(PARAMS))
+    return PARAMS[kind]
+
+
+def specs_json(kind: str) -> str:
+    return json.dumps(param_specs(kind), indent=2)
+
+
+# ----------------------------------------------------------------------------- learning rate
+
+def parse_lr_rule(rule) -> list[tuple[int, float]]:
+    """``LR0[,D1:LR1…]`` -> [(0, LR0), (D1, LR1), …] (thresholds strictly increasing)."""
+    allowed = ("a positive number, or a depth rule LR0,D1:LR1,… with increasing integer depths, "
+               "e.g. 1e-3,200:1e-4 (1e-3 for depth < 200, 1e-4 from 200 on)")
+    if isinstance(rule, bool):
+        raise InputError("lr", rule, allowed)
+    if isinstance(rule, (int, float)):
+        pieces = [str(rule)]
+    else:
+        pieces = [p.strip() for p in str(rule).split(",")]
+    out: list[tuple[int, float]] = []
+    for i, piece in enumerate(pieces):
+        try:
+            if i == 0:
+                if ":" in piece:
+                    raise ValueError
+                threshold, value = 0, float(piece)
+            else:
+                d, v = piece.split(":")
+                threshold, value = int(d), float(v)
+        except ValueError:
+            raise InputError("lr", rule, allowed) from None
+        if not (value > 0 and value < float("inf")) or (out and threshold <= out[-1][0]):
+            raise InputError("lr", rule, allowed)
+        out.append((threshold, value))
+    return out
+
+
+def resolve_lr(rule, depth: int) -> float:
+    """The learning rate a depth rule gives at ``depth``."""
+    lr = None
+    for threshold, value in parse_lr_rule(rule):
+        if depth >= threshold:
+            lr = value
+    return clean_float(lr)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _coerce(name: str, spec: dict, value):
+    kind = spec["type"]
+    if kind == "str":
+        if not isinstance(value, str) or value not in spec["allowed"]:
+            raise InputError(name, value, ", ".join(spec["allowed"]))
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise InputError(name, value, "true or false")
+    if kind == "int_list":
+        if isinstance(value, str):
+            items = [v for v in value.replace(" ", "").split(",") if v]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            items = [value]
+        else:
+            raise InputError(name, value, "a comma list of integers, e.g. 45,304,2048,13780")
+        out = [_coerce(name, {**spec, "type": "int"}, v) for v in items]
+        return sorted(set(out))
+    bounds = _bounds_text(spec)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(name, value, f"{'an integer' if kind == 'int' else 'a number'}{bounds}") from None
+    if kind == "int":
+        if number != int(number):
+            raise InputError(name, value, f"an integer{bounds}")
+        number = int(number)
+    else:
+        number = clean_float(number)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InputError(name, value, f"a finite number{bounds}")
+    if ("min" in spec and number < spec["min"]) or ("max" in spec and number > spec["max"]) or (
+            "min_exclusive" in spec and number <= spec["min_exclusive"]):
+        raise InputError(name, value, f"{'an integer' if kind == 'int' else 'a number'}{bounds}")
+    return number
+
+
+def _bounds_text(spec: dict) -> str:
+    parts = []
+    if "min_exclusive" in spec:
+        parts.append(f"> {spec['min_exclusive']:g}")
+    if "min" in spec:
+        parts.append(f"≥ {spec['min']:g}")
+    if "max" in spec:
+        parts.append(f"≤ {spec['max']:g}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def complete_params(kind: str, params: dict) -> dict:
+    """Validate a cell's parameters, fill defaults, resolve the lr rule: the cell's identity.
+
+    Raises ``InputError`` naming the field and its allowed values.
+    """
+    specs = param_specs(kind)
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        raise InputError("parameter", unknown[0], ", ".join(specs))
+    out = {}
+    for name, spec in specs.items():
+        value = params.get(name)
+        if value is None:
+            value = spec["default"]
+        if name == "lr" and kind == "train":
+            depth = _coerce("depth", specs["depth"], params.get("depth", specs["depth"]["default"]))
+            value = resolve_lr(value, depth)
+        out[name] = _coerce(name, spec, value)
+    if out["noise"] == "dropout" and out["noise_var"] != 0.0:
+        raise InputError("noise_var", out["noise_var"], "0 when noise=dropout (use keep_rate)")
+    if out["noise"] == "gaussian" and out["keep_rate"] != 1.0:
+        raise InputError("keep_rate", out["keep_rate"], "1 when noise=gaussian (use noise_var)")
+    if kind == "train":
+        if any(c > out["steps"] for c in out["checkpoints"]):
+            raise InputError("checkpoints", out["checkpoints"], f"steps between 0 and steps={out['steps']}")
+        out["checkpoints"] = sorted(set(out["checkpoints"]) | {out["steps"]})
+    else:
+        if out["n_inputs"] % 2:
+            raise InputError("n_inputs", out["n_inputs"], "an even integer ≥ 2 (inputs come in pairs)")
+        if out["dataset"] == "gaussian" and out["loss"] == "cross_entropy":
+            raise InputError("loss", "cross_entropy", "sum_sq when dataset=gaussian (no labels)")
+    return canonical_params(out)
+
+
+def cell_identity(kind: str, params: dict) -> tuple[dict, str]:
+    """(completed params, cell_id) — the workflow and the cells must both use this."""
+    full = complete_params(kind, params)
+    return full, cell_id(full)
+
+
+# ----------------------------------------------------------------------------- CLI flags
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_param_arguments(parser, kind: str) -> None:
+    """One flag per parameter (``sigma_w2`` -> ``--sigma-w2``); unset flags take the defaults."""
+    import argparse
+
+    for name, spec in param_specs(kind).items():
+        default = spec["default"]
+        choices = f" {{{','.join(spec['allowed'])}}}" if "allowed" in spec else ""
+        help_text = f"{spec['help']}{choices} (default: {default if default != [] else 'final step only'})"
+        if spec["type"] == "bool":
+            parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag(name), dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def params_from_args(args, kind: str) -> dict:
+    return {name: getattr(args, name) for name in param_specs(kind) if getattr(args, name, None) is not None}
+
+
+def add_common_arguments(parser, kind: str) -> None:
+    add_param_arguments(parser, kind)
+    parser.add_argument("-o", "--output", help="output parquet (or .csv) file, written atomically")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: $MFPIPE_DATA_DIR or ./data)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $OMP_NUM_THREADS, else the CPUs this process may use)")
+    parser.add_argument("--cells-file", default=None,
+                        help="run many cells in this one process: a JSON list (or JSON-lines file) of "
+                             "objects with the cell parameters and an 'output' path; flags given on "
+                             "the command line are defaults for every cell")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="with --cells-file: skip cells whose output file already exists")
+    parser.add_argument("--print-params", action="store_true",
+                        help="print the parameter specs as JSON and exit")
+
+
+def read_cells_file(path: str) -> list[dict]:
+    text = open(path, encoding="utf-8").read().strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        cells = json.loads(text)
+    else:
+        cells = [json.loads(line) for line in text.splitlines() if line.strip()]
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict) or not cell.get("output"):
+            raise InputError("cells-file", f"{path} entry {i}", "objects with cell parameters and an 'output' path")
+    return cells
+
+
+def run_cells_cli(args, kind: str, run_cell) -> int:
+    """Shared `train-cell` / `grad-cell` driver: one cell from flags, or many from --cells-file."""
+    if args.print_params:
+        print(specs_json(kind))
+        return 0
+    base = params_from_args(args, kind)
+    configure_threads(args.threads)
+    if args.cells_file:
+        cells = read_cells_file(args.cells_file)
+        jobs = []
+        for cell in cells:  # validate everything before running anything
+            cell = dict(cell)
+            output = cell.pop("output")
+            jobs.append(({**base, **cell}, output))
+            complete_params(kind, jobs[-1][0])
+        for params, output in jobs:
+            if args.skip_existing and os.path.exists(output):
+                continue
+            run_cell(params, output, device=args.device, data_dir=args.data_dir)
+        return 0
+    if not args.output:
+        raise InputError("output", None, "a path ending in .parquet or .csv (-o/--output)")
+    run_cell(base, args.output, device=args.device, data_dir=args.data_dir)
+    return 0
+
+
+# ----------------------------------------------------------------------------- runtime
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads: explicit, else $OMP_NUM_THREADS, else the usable CPUs."""
+    import torch
+
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS")
+        threads = int(env) if env and env.isdigit() else len(os.sched_getaffinity(0))
+    threads = max(1, int(threads))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device not in DEVICES:
+        raise InputError("device", device, ", ".join(DEVICES))
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device", device, "auto or cpu (no CUDA device on this machine)")
+    return torch.device(device)
+
+
+def row_base(params: dict, identity: str, *, device, wall_time_s: float, started_at: str, kind: str) -> dict:
+    """Columns every row of a cell carries: parameters (lists as comma text), cell_id, provenance."""
+    import torch
+
+    from mfpipe.store import provenance
+
+    flat = {k: (",".join(str(v) for v in val) if isinstance(val, list) else val) for k, val in params.items()}
+    return {**flat, "cell_id": identity, "cell_kind": kind,
+            **provenance(torch_version=torch.__version__, device=str(device),
+                         device_name=_device_name(device), threads=torch.get_num_threads(),
+                         hostname=socket.gethostname(), started_at=started_at,
+                         wall_time_s=wall_time_s)}
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

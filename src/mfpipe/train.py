@@ -1,0 +1,207 @@
+"""Training cell: train one network (one grid point) and write one parquet row per checkpoint.
+
+``mfpipe train-cell --dataset mnist5k --depth 20 --width 128 --sigma-w2 1.76 --steps 500
+--checkpoints 45,304 -o cell.parquet`` (``--print-params`` lists every parameter with its
+default and allowed values; ``--cells-file`` runs many cells in one process).
+
+Per checkpoint ``step`` (number of updates done; 0 = at initialisation) a row records:
+
+* ``train_loss``, ``train_accuracy``: cross-entropy and accuracy on the fixed evaluation subset
+  of the training set, noise off (``net.eval()``);
+* ``batch_loss``, ``batch_accuracy``: of the last training minibatch, from the forward pass of
+  that training step, dropout on (Huang et al.'s metric); NaN at step 0;
+* ``test_accuracy``, ``test_loss``: on the fixed test subset, noise off;
+* ``steps_per_s``: training steps per second since the previous checkpoint (evaluation excluded);
+* ``diverged``: the training loss became NaN/inf.  Training then stops; the remaining checkpoints
+  are recorded with ``diverged = true``, ``diverged_step`` (the first step seen non-finite,
+  checked every ``DIVERGENCE_CHECK_EVERY`` steps and at checkpoints), NaN losses and accuracies
+  at chance (1/n_classes) — a diverged network is a result, not a crash; the exit code is 0.
+
+Every row also carries all cell parameters (``checkpoints`` as comma text), ``cell_id``
+(``mfpipe.grid.cell_id`` of the completed parameters, see ``mfpipe.cells``), provenance
+(mfpipe version, git commit, torch version, device, threads, host, start time, total
+``wall_time_s``) and the time split ``data_time_s``, ``train_time_s``, ``eval_time_s``.
+
+Optimizers: ``sgd`` (plain, no momentum), ``rmsprop`` (alpha = 0.9 as TensorFlow's decay,
+eps = 1e-10), ``adam`` (torch defaults).  Loss: mean cross-entropy.  Minibatches: epochs of a
+seeded random permutation of the training split.  Same seed, same device and thread count →
+identical results on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mfpipe import cells
+from mfpipe.data import load_dataset
+from mfpipe.nets import DropoutMLP
+
+DIVERGENCE_CHECK_EVERY = 50
+EVAL_CHUNK = 4096
+
+
+@functools.lru_cache(maxsize=4)
+def _device_data(dataset: str, data_dir: str | None, preprocess: str, eval_size: int, device: str) -> dict:
+    """Dataset tensors on a device, cached in-process (many cells in one process load once)."""
+    data = load_dataset(dataset, data_dir, preprocess=preprocess, eval_size=eval_size)
+    dev = torch.device(device)
+    as_x = lambda a: torch.from_numpy(a.copy()).to(dev)  # noqa: E731
+    as_y = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
+    return {
+        "x_train": as_x(data.x_train), "y_train": as_y(data.y_train),
+        "x_eval": as_x(data.x_train[data.eval_index]), "y_eval": as_y(data.y_train[data.eval_index]),
+        "x_test": as_x(data.x_test[data.test_index]), "y_test": as_y(data.y_test[data.test_index]),
+        "n_classes": data.n_classes, "n_features": data.n_features,
+    }
+
+
+def make_optimizer(name: str, parameters, lr: float):
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, alpha=0.9, eps=1e-10)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise KeyError(name)
+
+
+@torch.no_grad()
+def evaluate(net: DropoutMLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) with noise off."""
+    was_training = net.training
+    net.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), EVAL_CHUNK):
+        logits = net(x[start:start + EVAL_CHUNK])
+        yb = y[start:start + EVAL_CHUNK]
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    net.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_train_cell(params: dict, output=None, *, device: str = "auto", data_dir=None,
+                   progress: bool = True):
+    """Train one cell; write its rows to ``output`` (atomically) when given; return a pyarrow Table."""
+    import pyarrow as pa
+
+    t_start = time.perf_counter()
+    started_at = cells.utc_now()
+    p, identity = cells.cell_identity("train", params)
+    dev = cells.resolve_device(device)
+
+    t0 = time.perf_counter()
+    data = _device_data(p["dataset"], None if data_dir is None else str(data_dir), p["preprocess"],
+                        p["eval_size"], str(dev))
+    data_time = time.perf_counter() - t0
+
+    torch.manual_seed(p["seed"])  # dropout masks (global generator, all devices)
+    batch_gen = torch.Generator().manual_seed(p["seed"] + 1)
+    net = DropoutMLP(data["n_features"], p["width"], p["depth"], data["n_classes"],
+                     activation=p["activation"], keep_rate=p["keep_rate"], noise=p["noise"],
+                     noise_var=p["noise_var"], dropout_input=p["dropout_input"], device=dev)
+    net.initialize(p["seed"], p["sigma_w2"], p["sigma_b2"], p["init"])
+    net.train()
+    optimizer = make_optimizer(p["optimizer"], net.parameters(), p["lr"])
+
+    x_train, y_train = data["x_train"], data["y_train"]
+    n_train, batch = len(x_train), min(p["batch_size"], len(x_train))
+    perm, pos = None, n_train
+    chance = 1.0 / data["n_classes"]
+
+    records = []
+    train_time = eval_time = 0.0
+    last_logits = last_y = last_loss = None
+    diverged_step = None
+    step, steps_since = 0, 0
+    interval_time = 0.0
+    if progress:
+        print(f"train-cell {identity}: training {p['steps']} steps on {dev}", file=sys.stderr, flush=True)
+
+    for checkpoint in p["checkpoints"]:
+        t0 = time.perf_counter()
+        while step < checkpoint and diverged_step is None:
+            if pos + batch > n_train:
+                perm = torch.randperm(n_train, generator=batch_gen).to(dev)
+                pos = 0
+            idx = perm[pos:pos + batch]
+            pos += batch
+            xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            steps_since += 1
+            if step == checkpoint:
+                last_logits, last_y, last_loss = logits.detach(), yb, loss.detach()
+            if step % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss)):
+                diverged_step = step
+        _sync(dev)
+        elapsed = time.perf_counter() - t0
+        train_time += elapsed
+        interval_time += elapsed
+
+        t0 = time.perf_counter()
+        row = {"step": checkpoint}
+        if diverged_step is None and last_loss is not None and step == checkpoint:
+            batch_loss = float(last_loss)
+            batch_accuracy = float((last_logits.argmax(dim=1) == last_y).float().mean())
+            if not math.isfinite(batch_loss):
+                diverged_step = step
+        else:
+            batch_loss = batch_accuracy = math.nan
+        if diverged_step is None:
+            train_loss, train_accuracy = evaluate(net, data["x_eval"], data["y_eval"])
+            test_loss, test_accuracy = evaluate(net, data["x_test"], data["y_test"])
+            if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+                diverged_step = step
+        if diverged_step is not None:
+            train_loss = test_loss = batch_loss = math.nan
+            train_accuracy = test_accuracy = batch_accuracy = chance
+        row.update(train_loss=train_loss, train_accuracy=train_accuracy,
+                   batch_loss=batch_loss, batch_accuracy=batch_accuracy,
+                   test_loss=test_loss, test_accuracy=test_accuracy,
+                   diverged=diverged_step is not None,
+                   diverged_step=diverged_step if diverged_step is not None else -1,
+                   steps_per_s=(steps_since / interval_time) if steps_since and interval_time > 0 else math.nan,
+                   elapsed_s=time.perf_counter() - t_start)
+        records.append(row)
+        eval_time += time.perf_counter() - t0
+        if steps_since:
+            steps_since, interval_time = 0, 0.0
+        if progress:
+            print(f"train-cell {identity}: step {checkpoint}/{p['steps']} train_acc {row['train_accuracy']:.4f} "
+                  f"batch_acc {row['batch_accuracy']:.4f} test_acc {row['test_accuracy']:.4f} "
+                  f"loss {row['train_loss']:.4g}{' DIVERGED' if row['diverged'] else ''}",
+                  file=sys.stderr, flush=True)
+
+    wall_time = time.perf_counter() - t_start
+    base = cells.row_base(p, identity, device=dev, wall_time_s=wall_time, started_at=started_at, kind="train")
+    base.update(data_time_s=data_time, train_time_s=train_time, eval_time_s=eval_time)
+    table = pa.Table.from_pylist([{**base, **row} for row in records])
+    if output is not None:
+        from mfpipe.store import write_table_atomic
+
+        write_table_atomic(table, output)
+    return table
+
+
+def add_arguments(parser) -> None:
+    cells.add_common_arguments(parser, "train")
+
+
+def run(args) -> int:
+    return cells.run_cells_cli(args, "train", run_train_cell)
