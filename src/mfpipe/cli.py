@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("mfpipe.fit", "fit the maximum-trainable-depth formula L_max = n·ξ and rivals"),
     "figures": ("mfpipe.figures", "render the figures from parquet"),
     "status": ("mfpipe.status", "cells per study of a config: done / stale / missing, GPU-hours left"),
+    "pool": ("mfpipe.pool", "run a cell command in a warm worker process (what the workflow's cell jobs do)"),
+    "cells": ("mfpipe.grid", "list the cells (paths, parameters) a config's studies expand to"),
 }
 
 

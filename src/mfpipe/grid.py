@@ -2,14 +2,45 @@
 
 A cell is a dict of plain parameters (str/int/float/bool).  Its identity is its parameters
 with numbers in canonical form (``format_number``), so ``1``, ``1.0`` and ``1.00`` are one cell.
+
+The workflow (Snakefile), ``mfpipe status`` and ``mfpipe cells`` all turn a config into cells
+here and nowhere else.  A config has one or more *studies*; each study is of a *kind*
+(``train`` → ``mfpipe train-cell``, ``grad`` → ``mfpipe grad-cell``) and is
+
+* ``grid``: a Cartesian product over the listed parameters (each a list, a number, a comma
+  list ``1,1.5,2`` or an inclusive range ``start:stop:count``);
+* ``settings``: single values shared by every cell of the study (``steps``, ``checkpoints``,
+  ``batch_size``, ``lr`` — a number or a depth rule ``{depth_below: 200, below: 1e-3,
+  otherwise: 1e-4}`` —, …); parameters named nowhere take the kind's defaults;
+* ``extra_cells``: explicit cells added to the product (a mapping per cell; unnamed grid
+  parameters default to the grid's value when it has only one).
+
+Every parameter listed under ``grid`` is a directory level of the cell's path, in a fixed
+order, as ``name=value`` with canonical numbers::
+
+    results/cells/<study>/dataset=mnist5k/activation=tanh/width=64/depth=16/sigma_w2=1.5/
+        sigma_b2=0.05/keep_rate=0.98/seed=0.parquet
+
+so adding a value to an axis adds paths without moving the existing ones (only new cells
+run), while a changed setting keeps the paths and changes every cell's parameters (Snakemake's
+params trigger reruns the study).  Each cell's Snakemake params are one string of command-line
+flags plus the kind's engine version (``ENGINE_VERSIONS``): bump the version when a code change
+alters the results of that kind of cell and every such cell becomes stale; any other code edit
+(plotting, this file's comments) leaves finished cells alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from mfpipe.values import clean_float, format_number
+from mfpipe.errors import InputError
+from mfpipe.values import clean_float, format_number, parse_values
 
 
 def canonical_params(params: dict) -> dict:
@@ -41,3 +72,742 @@ def cell_id(params: dict) -> str:
         sort_keys=True, separators=(",", ":"), default=str,
     )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+#: Version of the code that computes each kind of cell.  Part of every cell's Snakemake params:
+#: bump it in the same commit as a change to mfpipe.train / mfpipe.nets / mfpipe.data (train)
+#: or mfpipe.gradients / mfpipe.nets (grad) that changes results, and exactly those cells rerun.
+ENGINE_VERSIONS = {"train": 1, "grad": 1}
+
+#: The ``mfpipe`` subcommand that computes one cell of each kind.
+KIND_COMMANDS = {"train": "train-cell", "grad": "grad-cell"}
+
+#: Result dataset per kind (``mfpipe aggregate`` writes results/<name>.parquet).
+KIND_DATASETS = {"train": "training", "grad": "gradients"}
+
+INPUT_FEATURES = {"mnist": 784, "fashion_mnist": 784, "cifar10": 3072, "mnist5k": 784,
+                  "digits": 64}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One cell parameter: its type, allowed values and default.  Its CLI flag is
+    ``--name-with-dashes`` (flags mirror column names)."""
+
+    name: str
+    type: str  # "int", "float", "str", "bool", "int_list"
+    allowed: tuple = ()  # for "str": the choices
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    default: object = None  # None: required (must be in grid, settings or the extra cell)
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        if self.type == "str":
+            return ", ".join(self.allowed)
+        if self.type == "bool":
+            return "true or false"
+        what = {"int": "an integer", "float": "a number", "int_list": "a list of integers"}[self.type]
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"≥ {format_number(self.minimum)}")
+        if self.exclusive_minimum is not None:
+            bounds.append(f"> {format_number(self.exclusive_minimum)}")
+        if self.maximum is not None:
+            bounds.append(f"≤ {format_number(self.maximum)}")
+        return what + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(self, value, where: str):
+        """The value as a plain Python value of this parameter's type, or InputError."""
+        bad = InputError(where, value, self.describe())
+        if self.type == "str":
+            if not isinstance(value, str) or value not in self.allowed:
+                raise bad
+            return value
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.type == "int_list":
+            values = parse_values(value, where, integer=True) if value != [] else []
+            low = self.minimum if self.minimum is not None else 0
+            if any(v < low for v in values):
+                raise InputError(where, value, f"a list of integers ≥ {format_number(low)}")
+            return sorted(set(values))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if self.type == "int":
+            if float(value) != int(value):
+                raise bad
+            value = int(value)
+        else:
+            value = clean_float(value)
+            if not math.isfinite(value):
+                raise bad
+        if self.minimum is not None and value < self.minimum:
+            raise bad
+        if self.exclusive_minimum is not None and value <= self.exclusive_minimum:
+            raise bad
+        if self.maximum is not None and value > self.maximum:
+            raise bad
+        return value
+
+
+#: Path order of grid parameters (parameters not listed here go before ``seed``).
+PATH_ORDER = ("dataset", "preprocess", "eval_size", "loss", "n_inputs", "activation", "noise",
+              "noise_var", "dropout_input", "init", "optimizer", "lr", "batch_size", "steps",
+              "checkpoints", "inits", "width", "depth", "sigma_w2", "sigma_b2", "keep_rate", "seed")
+
+
+def _param_from_spec(name: str, spec: dict) -> Param:
+    return Param(name, spec["type"], tuple(spec.get("allowed", ())), minimum=spec.get("min"),
+                 exclusive_minimum=spec.get("min_exclusive"), maximum=spec.get("max"),
+                 default=spec.get("default"), help=spec.get("help", ""))
+
+
+_PARAMETERS: dict[str, tuple[Param, ...]] = {}
+
+
+def parameters(kind: str) -> tuple[Param, ...]:
+    """The cell parameters of a kind, in path order, from the cells' machine-readable lists
+    (``mfpipe.cells.PARAMS``: the same specs the `train-cell` / `grad-cell` flags come from)."""
+    if kind not in _PARAMETERS:
+        from mfpipe import cells  # lazy: mfpipe.cells imports this module
+
+        if kind not in cells.PARAMS:
+            raise InputError("kind", kind, ", ".join(cells.PARAMS))
+        specs = cells.PARAMS[kind]
+        names = [n for n in PATH_ORDER if n in specs and n != "seed"]
+        names += [n for n in specs if n not in names and n != "seed"]
+        names += ["seed"] if "seed" in specs else []
+        _PARAMETERS[kind] = tuple(_param_from_spec(n, specs[n]) for n in names)
+    return _PARAMETERS[kind]
+
+
+def parameter_index(kind: str) -> dict[str, Param]:
+    return {p.name: p for p in parameters(kind)}
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(KIND_COMMANDS)
+
+
+def engine_versions() -> dict[str, int]:
+    """Engine version per kind: ``mfpipe.cells.ENGINE_VERSIONS`` when the cell code defines it
+    (bumped there with result-changing code changes), else ``ENGINE_VERSIONS`` here."""
+    from mfpipe import cells
+
+    return {**ENGINE_VERSIONS, **getattr(cells, "ENGINE_VERSIONS", {})}
+
+
+# ----------------------------------------------------------------------------- config errors
+
+class ConfigError(InputError):
+    """Every problem of a config at once; each names its field and the allowed values."""
+
+    def __init__(self, problems: list[InputError]):
+        self.problems = problems
+        first = problems[0]
+        self.field, self.value, self.allowed = first.field, first.value, first.allowed
+        ValueError.__init__(self, "invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def schema_path() -> Path:
+    """workflow/schemas/config.schema.yaml of this checkout (cwd first, then the source tree)."""
+    candidates = [Path.cwd() / "workflow" / "schemas" / "config.schema.yaml",
+                  Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("workflow/schemas/config.schema.yaml not found (run from the mfpipe "
+                            "checkout)")
+
+
+def schema_problems(config: dict) -> list[InputError]:
+    """JSON-schema errors of ``config`` (all of them), as InputErrors naming the field path."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(schema_path().read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        where = ".".join(str(p) for p in err.absolute_path) or "config"
+        allowed = _schema_allowed(err)
+        problems.append(InputError(where, err.instance if not isinstance(err.instance, dict)
+                                   else "{…}", allowed))
+    return problems
+
+
+def _schema_allowed(err) -> str:
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    if err.validator == "additionalProperties":
+        names = sorted(schema.get("properties", {}))
+        return (err.message + (f"; known fields: {', '.join(names)}" if names else ""))
+    if err.validator == "required":
+        return err.message
+    if "description" in schema:
+        return f"{schema['description']} ({err.message})"
+    return err.message
+
+
+# ----------------------------------------------------------------------------- cells
+
+@dataclass
+class Cell:
+    """One grid point of one study: what to run and where its result goes."""
+
+    study: str
+    kind: str
+    key: str  # path below results/cells/<study>/ without .parquet
+    params: dict  # canonical parameters (plain types)
+    args: str  # the CLI flags of `mfpipe <kind command>`, canonical numbers
+    seconds: float  # estimated run time on the configured device (without start-up)
+    mem_mb: int
+
+    @property
+    def path(self) -> str:
+        return f"results/cells/{self.study}/{self.key}.parquet"
+
+    @property
+    def log(self) -> str:
+        return f"logs/cells/{self.study}/{self.key}.log"
+
+    @property
+    def id(self) -> str:
+        from mfpipe.cells import cell_identity
+
+        return cell_identity(self.kind, self.params)[1]
+
+
+@dataclass
+class Study:
+    name: str
+    kind: str
+    axes: list[str]  # grid parameters, in path order
+    cells: list[Cell] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+
+DEFAULT_RESOURCES = {
+    "gpus_per_cell": 1,
+    "flops_per_second": 2.0e12,
+    "seconds_per_layer_step": 1.0e-4,
+    "startup_seconds": 30.0,
+    "runtime_safety_factor": 2.0,
+    "min_runtime_minutes": 5,
+    "mem_mb_base": 4000,
+}
+
+
+def _value_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    if isinstance(value, list):
+        return ",".join(format_number(v) for v in value)
+    return str(value)
+
+
+def _axis_values(param: Param, raw, where: str) -> list:
+    """Values of one grid axis, checked, canonical, in the order given, duplicates removed."""
+    if param.type in ("int", "float"):
+        if isinstance(raw, bool) or isinstance(raw, dict):
+            raise InputError(where, raw, "a number, a list, a comma list 1,1.5,2 or a range "
+                                         "start:stop:count")
+        values = parse_values(raw, where, integer=param.type == "int")
+        values = [param.check(v, where) for v in values]
+    elif param.type == "int_list":
+        items = raw if isinstance(raw, list) and raw and isinstance(raw[0], list) else [raw]
+        values = [param.check(v, where) for v in items]
+    else:
+        items = raw if isinstance(raw, list) else (
+            [s.strip() for s in raw.split(",")] if isinstance(raw, str) else [raw])
+        values = [param.check(v, where) for v in items]
+    if not values:
+        raise InputError(where, raw, f"at least one value: {param.describe()}")
+    seen, out = set(), []
+    for v in values:
+        k = _value_text(v)
+        if k not in seen:
+            seen.add(k)
+            out.append(v)
+    return out
+
+
+def _lr_setting(raw, where: str):
+    """A study's ``lr`` setting: a number or a depth rule ``LR0,D1:LR1,…`` (mfpipe.cells).
+    Returns (text for the record, callable depth -> lr)."""
+    from mfpipe import cells
+
+    try:
+        rule = cells.parse_lr_rule(raw)
+    except InputError as err:
+        raise InputError(where, raw, err.allowed) from None
+
+    def resolve(depth: int) -> float:
+        lr = rule[0][1]
+        for threshold, value in rule:
+            if depth >= threshold:
+                lr = value
+        return clean_float(lr)
+
+    return raw, resolve
+
+
+def estimate_cost(kind: str, params: dict, resources: dict) -> tuple[float, int]:
+    """Estimated seconds (on the configured device, excluding start-up) and memory (MB) of a cell.
+
+    Training: 6 · batch · (d_in·N + (L−1)·N² + N·10) FLOPs per step at ``flops_per_second``, plus
+    a per-layer-per-step latency floor (small layers are launch-bound on a GPU).  Gradient cells:
+    ``inits`` × two backward modes of a two-input forward/backward.
+    """
+    width, depth = params["width"], params["depth"]
+    d_in = INPUT_FEATURES.get(params.get("dataset"), width)  # gaussian inputs: dimension N
+    weights = d_in * width + max(depth - 1, 0) * width * width + width * 10
+    flops_rate = float(resources["flops_per_second"])
+    latency = float(resources["seconds_per_layer_step"]) * depth
+    if kind == "train":
+        steps, batch = params["steps"], params["batch_size"]
+        n_checks = len(params.get("checkpoints") or [steps])
+        eval_examples = 2 * (params.get("eval_size") or 5000)
+        flops = 6.0 * batch * weights * steps + 2.0 * eval_examples * weights * n_checks
+        seconds = flops / flops_rate + steps * 3 * latency + n_checks * latency
+        mem_mb = int(resources["mem_mb_base"] + 4 * 4 * weights / 1e6
+                     + 4 * batch * width * depth * 3 / 1e6)
+    else:
+        inits = params["inits"]
+        n_inputs = params.get("n_inputs", 2)
+        flops = inits * 2 * 3 * 2.0 * n_inputs * weights * 4  # float64 ≈ 4× slower
+        seconds = flops / flops_rate + inits * 2 * 3 * latency
+        mem_mb = int(resources["mem_mb_base"] + 8 * 3 * weights / 1e6)
+    return seconds, mem_mb
+
+
+def runtime_minutes(seconds: float, resources: dict, attempt: int = 1) -> int:
+    """SLURM runtime request (minutes) for a cell estimated at ``seconds``; doubles per retry."""
+    total = (float(resources["startup_seconds"]) + seconds) * float(resources["runtime_safety_factor"])
+    minutes = max(int(resources["min_runtime_minutes"]), math.ceil(total / 60.0))
+    return minutes * (2 ** max(attempt - 1, 0))
+
+
+def resources_of(config: dict) -> dict:
+    return {**DEFAULT_RESOURCES, **(config.get("resources") or {})}
+
+
+def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[InputError]]:
+    """Cells of one study; problems are collected (not raised) so all are reported at once."""
+    problems: list[InputError] = []
+    kind = spec.get("kind")
+    if kind not in KIND_COMMANDS:
+        return Study(name, str(kind), []), [InputError(f"studies.{name}.kind", kind,
+                                                       ", ".join(KIND_COMMANDS))]
+    params_of_kind = parameters(kind)
+    index = parameter_index(kind)
+    grid_spec = spec.get("grid") or {}
+    settings_spec = spec.get("settings") or {}
+    extra_spec = spec.get("extra_cells") or []
+    allowed_names = ", ".join(index)
+
+    axes_values: dict[str, list] = {}
+    for pname, raw in grid_spec.items():
+        where = f"studies.{name}.grid.{pname}"
+        if pname not in index:
+            problems.append(InputError(where, raw, f"a parameter of a {kind} study: {allowed_names}"))
+            continue
+        try:
+            axes_values[pname] = _axis_values(index[pname], raw, where)
+        except InputError as err:
+            problems.append(err)
+
+    settings: dict = {}
+    lr_rule = None
+    for pname, raw in settings_spec.items():
+        where = f"studies.{name}.settings.{pname}"
+        if pname not in index:
+            problems.append(InputError(where, raw, f"a parameter of a {kind} study: {allowed_names}"))
+            continue
+        if pname in grid_spec:
+            problems.append(InputError(where, raw, f"{pname} in grid or in settings, not both"))
+            continue
+        try:
+            if pname == "lr" and kind == "train":
+                settings[pname], lr_rule = _lr_setting(raw, where)
+            else:
+                settings[pname] = index[pname].check(raw, where)
+        except InputError as err:
+            problems.append(err)
+
+    axes = [p.name for p in params_of_kind if p.name in axes_values]
+    study = Study(name, kind, axes, settings=settings)
+    if problems:
+        return study, problems
+
+    fixed = {p.name: settings.get(p.name, p.default) for p in params_of_kind
+             if p.name not in axes_values}
+    if lr_rule is not None:
+        fixed.pop("lr", None)
+    maker = _CellMaker(study, fixed, lr_rule, resources)
+    # the Cartesian product, each axis value checked and formatted once
+    texts = [[(v, _value_text(v)) for v in axes_values[a]] for a in axes]
+    try:
+        for combo in itertools.product(*texts):
+            key = "/".join([f"{a}={t}" for a, (_, t) in zip(axes, combo)])
+            maker.add({a: v for a, (v, _) in zip(axes, combo)}, key)
+    except InputError as err:
+        return study, [err]
+
+    for i, extra in enumerate(extra_spec):
+        where = f"studies.{name}.extra_cells[{i}]"
+        cell_problems = []
+        if not isinstance(extra, dict):
+            problems.append(InputError(where, extra, "a mapping of parameter: value"))
+            continue
+        values = {}
+        for pname, raw in extra.items():
+            if pname not in index:
+                cell_problems.append(InputError(f"{where}.{pname}", raw,
+                                                f"a parameter of a {kind} study: {allowed_names}"))
+                continue
+            try:
+                values[pname] = index[pname].check(raw, f"{where}.{pname}")
+            except InputError as err:
+                cell_problems.append(err)
+        for a in axes:
+            if a not in values:
+                if len(axes_values[a]) == 1:
+                    values[a] = axes_values[a][0]
+                else:
+                    several = ", ".join(_value_text(v) for v in axes_values[a])
+                    cell_problems.append(InputError(f"{where}.{a}", None,
+                                                    f"one value (the grid has several: {several})"))
+        if cell_problems:
+            problems.extend(cell_problems)
+            continue
+        if axes:
+            key = "/".join(f"{a}={_value_text(values[a])}" for a in axes)
+        else:  # a study of extra cells only: the path names what each cell sets
+            key = "/".join(f"{p.name}={_value_text(values[p.name])}" for p in params_of_kind
+                           if p.name in values) or "default"
+        try:
+            maker.add({a: values[a] for a in axes}, key,
+                      overrides={k: v for k, v in values.items() if k not in axes}, where=where)
+        except InputError as err:
+            problems.append(err)
+    return study, problems
+
+
+def _flag_text(param: Param, value) -> str:
+    if param.type == "bool":
+        return param.flag if value else "--no-" + param.flag[2:]
+    return f"{param.flag} {_value_text(value)}"
+
+
+class _CellMaker:
+    """Builds the cells of one study cheaply: the fixed flags are formatted once."""
+
+    def __init__(self, study: Study, fixed: dict, lr_rule, resources: dict):
+        self.study, self.fixed, self.lr_rule, self.resources = study, fixed, lr_rule, resources
+        self.kind = study.kind
+        self.params = parameters(self.kind)
+        self.keys: dict[str, int] = {}
+        self.has_steps = self.kind == "train"
+
+    def add(self, axis_values: dict, key: str, overrides: dict | None = None, where: str = ""):
+        params = dict(self.fixed)
+        params.update(axis_values)
+        if overrides:
+            params.update(overrides)
+        if self.has_steps:
+            if "lr" not in params:
+                params["lr"] = self.lr_rule(params["depth"])
+            steps = params["steps"]
+            checkpoints = params.get("checkpoints") or []
+            # checkpoints beyond a cell's steps are dropped (grids over steps share one list)
+            params["checkpoints"] = sorted({c for c in checkpoints if c <= steps} | {steps})
+        if key in self.keys:
+            old = self.study.cells[self.keys[key]]
+            if old.params == params:
+                return  # an extra cell that repeats a grid cell
+            diff = sorted(k for k in params if old.params.get(k) != params[k])
+            raise InputError(where or f"studies.{self.study.name}", key,
+                             f"a cell with its own path; it differs from the cell at that path "
+                             f"only in {', '.join(diff)}, which are not grid parameters of this "
+                             f"study (list them under grid, or use a separate study)")
+        args = " ".join([_flag_text(p, params[p.name]) for p in self.params])
+        seconds, mem_mb = estimate_cost(self.kind, params, self.resources)
+        self.keys[key] = len(self.study.cells)
+        self.study.cells.append(Cell(self.study.name, self.kind, key, params, args, seconds, mem_mb))
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise InputError("config", str(path), "an existing YAML file") from None
+    if not isinstance(config, dict):
+        raise InputError("config", str(path), "a YAML mapping with a `studies` section")
+    return config
+
+
+def merge_configs(*configs: dict) -> dict:
+    """Later configs override earlier ones (nested mappings merged, like Snakemake's)."""
+    out: dict = {}
+    for config in configs:
+        for key, value in (config or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_configs(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def build_studies(config: dict, *, check_schema: bool = True) -> dict[str, Study]:
+    """All studies of a config, or ConfigError listing every problem (schema and semantics)."""
+    problems = schema_problems(config) if check_schema else []
+    studies: dict[str, Study] = {}
+    if not problems:
+        resources = resources_of(config)
+        for name, spec in (config.get("studies") or {}).items():
+            study, study_problems = build_study(name, spec or {}, resources)
+            problems.extend(study_problems)
+            studies[name] = study
+            if not study_problems and not study.cells:
+                problems.append(InputError(f"studies.{name}", "no cells",
+                                           "a grid or extra_cells with at least one cell"))
+    if problems:
+        raise ConfigError(problems)
+    return studies
+
+
+def study_fingerprint(config: dict, study: str) -> str:
+    """A short stable digest of one study's spec and the resources (for change detection)."""
+    spec = (config.get("studies") or {}).get(study)
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- `mfpipe cells`
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--configfile", action="append", default=None, metavar="YAML",
+                        help="config file(s), later ones override (default: config/config.yaml)")
+    parser.add_argument("--config-json", default=None, metavar="JSON",
+                        help="the config as a JSON string (used by the workflow)")
+    parser.add_argument("--study", default=None, help="only this study")
+    parser.add_argument("--format", choices=("paths", "csv", "json"), default="paths",
+                        help="paths (one per line), csv (one row per cell with its parameters) "
+                             "or json lines")
+    parser.add_argument("-o", "--output", default=None, help="write here (atomically) instead of stdout")
+
+
+def config_from_args(args) -> dict:
+    if getattr(args, "config_json", None):
+        try:
+            return json.loads(args.config_json)
+        except json.JSONDecodeError as err:
+            raise InputError("--config-json", args.config_json[:60], f"valid JSON ({err})") from None
+    files = args.configfile or ["config/config.yaml"]
+    return merge_configs(*(load_config(f) for f in files))
+
+
+def run(args) -> int:
+    import sys
+
+    config = config_from_args(args)
+    studies = build_studies(config)
+    if args.study is not None and args.study not in studies:
+        raise InputError("--study", args.study, ", ".join(studies))
+    chosen = [studies[args.study]] if args.study else list(studies.values())
+    lines = []
+    if args.format == "paths":
+        lines = [c.path for s in chosen for c in s.cells]
+    elif args.format == "json":
+        lines = [json.dumps({"study": c.study, "kind": c.kind, "path": c.path, "cell_id": c.id,
+                             **c.params}) for s in chosen for c in s.cells]
+    else:
+        import csv
+        import io
+
+        names = ["study", "kind", "path", "cell_id"]
+        for s in chosen:
+            for p in parameters(s.kind):
+                if p.name not in names:
+                    names.append(p.name)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        for s in chosen:
+            for c in s.cells:
+                writer.writerow({"study": c.study, "kind": c.kind, "path": c.path,
+                                 "cell_id": c.id, **{k: _value_text(v) for k, v in c.params.items()}})
+        lines = buf.getvalue().rstrip("\n").split("\n")
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        from mfpipe.store import atomic_path
+
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- JSON schema
+
+_NUMBER_TEXT = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+_LR_RULE_TEXT = rf"^\s*{_NUMBER_TEXT}(\s*,\s*\d+\s*:\s*{_NUMBER_TEXT})*\s*$"
+_AXIS_TEXT = rf"^\s*{_NUMBER_TEXT}(\s*:\s*{_NUMBER_TEXT}\s*:\s*\d+)?(\s*,\s*{_NUMBER_TEXT}(\s*:\s*{_NUMBER_TEXT}\s*:\s*\d+)?)*\s*$"
+
+
+def _param_schema(p: Param, *, axis: bool) -> dict:
+    """Schema of one parameter as a grid axis (several values) or a single value."""
+    if p.type == "str":
+        one = {"type": "string", "enum": list(p.allowed)}
+        desc = f"one of {', '.join(p.allowed)}"
+    elif p.type == "bool":
+        one, desc = {"type": "boolean"}, "true or false"
+    elif p.type == "int_list":
+        one = {"type": "array", "items": {"type": "integer", "minimum": p.minimum or 0}}
+        desc = f"a list of integers ≥ {format_number(p.minimum or 0)}"
+        if axis:
+            return {"description": desc + ", or a list of such lists",
+                    "anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+        return {"description": desc, **one}
+    else:
+        one = {"type": "integer" if p.type == "int" else "number"}
+        for key in ("minimum", "exclusive_minimum", "maximum"):
+            value = getattr(p, key)
+            if value is not None:
+                one["exclusiveMinimum" if key == "exclusive_minimum" else key] = value
+        desc = p.describe()
+    if not axis:
+        return {"description": desc, **one}
+    if p.type in ("int", "float"):
+        text = {"type": "string", "pattern": _AXIS_TEXT}
+        return {"description": f"{desc}; a list, a comma list '1,1.5,2' or a range "
+                               f"'start:stop:count'",
+                "anyOf": [one, text, {"type": "array", "minItems": 1,
+                                      "items": {"anyOf": [one, text]}}]}
+    return {"description": f"{desc}, or a list of them",
+            "anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+
+
+def config_schema() -> dict:
+    """The JSON schema of a workflow config (workflow/schemas/config.schema.yaml is this,
+    written out by ``python -m mfpipe.grid --write-schema``; a test keeps them equal)."""
+    defs: dict = {}
+    kind_names = list(KIND_COMMANDS)
+    for kind in kind_names:
+        params = parameters(kind)
+        grid_props = {p.name: _param_schema(p, axis=True) for p in params}
+        settings_props = {p.name: _param_schema(p, axis=False) for p in params}
+        if kind == "train":
+            settings_props["lr"] = {
+                "description": "a number > 0, or a depth rule 'LR0,D1:LR1,…' (LR0 for depth < D1, "
+                               "LR1 from D1 on, …; e.g. '1e-3,200:1e-4')",
+                "anyOf": [settings_props["lr"], {"type": "string", "pattern": _LR_RULE_TEXT}]}
+        defs[f"{kind}_study"] = {
+            "type": "object", "additionalProperties": False, "required": ["kind"],
+            "properties": {
+                "kind": {"const": kind},
+                "description": {"type": "string"},
+                "grid": {"type": "object", "additionalProperties": False,
+                         "description": "Cartesian product over these parameters",
+                         "properties": grid_props},
+                "settings": {"type": "object", "additionalProperties": False,
+                             "description": "single values shared by every cell of the study",
+                             "properties": settings_props},
+                "extra_cells": {"type": "array", "description": "explicit extra cells",
+                                "items": {"type": "object", "additionalProperties": False,
+                                          "properties": {p.name: _param_schema(p, axis=False)
+                                                         for p in params}}},
+            },
+        }
+    resource_props = {
+        "gpus_per_cell": {"type": "integer", "minimum": 0, "description": "GPUs per cell job"},
+        "flops_per_second": {"type": "number", "exclusiveMinimum": 0,
+                             "description": "effective FLOP/s of one cell on the target device"},
+        "seconds_per_layer_step": {"type": "number", "minimum": 0,
+                                   "description": "latency floor per layer and step (kernel "
+                                                  "launches)"},
+        "startup_seconds": {"type": "number", "minimum": 0,
+                            "description": "process start, imports and data loading per cell"},
+        "runtime_safety_factor": {"type": "number", "minimum": 1},
+        "min_runtime_minutes": {"type": "integer", "minimum": 1},
+        "mem_mb_base": {"type": "integer", "minimum": 100},
+    }
+    for key, value in DEFAULT_RESOURCES.items():
+        resource_props[key]["default"] = value
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "mfpipe workflow config",
+        "description": "Generated from mfpipe.grid.config_schema(); edit that, then run "
+                       "`python -m mfpipe.grid --write-schema`.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["studies"],
+        "properties": {
+            "description": {"type": "string"},
+            "data_dir": {"type": "string", "default": "data",
+                         "description": "dataset directory (cached arrays under mfpipe-cache/)"},
+            "device": {"type": "string", "enum": ["auto", "cpu", "cuda"], "default": "auto",
+                       "description": "device of cell jobs: auto, cpu or cuda"},
+            "theory": {"type": "object", "additionalProperties": False, "default": {},
+                       "properties": {"enabled": {"type": "boolean", "default": True,
+                                                  "description": "theory table of the grid's "
+                                                                 "points"}}},
+            "aggregate": {"type": "boolean", "default": True,
+                          "description": "merge cells into results/<kind>.parquet"},
+            "fit": {"type": "object", "additionalProperties": False, "default": {},
+                    "properties": {"enabled": {"type": "boolean", "default": True},
+                                   "bootstrap": {"type": "integer", "minimum": 0},
+                                   "threshold": {"type": "number", "exclusiveMinimum": 0,
+                                                 "maximum": 1}}},
+            "figures": {"type": "object", "additionalProperties": False, "default": {},
+                        "properties": {"enabled": {"type": "boolean", "default": True}}},
+            "resources": {"type": "object", "additionalProperties": False, "default": {},
+                          "properties": resource_props},
+            "studies": {
+                "type": "object", "minProperties": 1,
+                "propertyNames": {"pattern": "^[a-z][a-z0-9_]*$"},
+                "description": "studies by name (lower-case letters, digits, _)",
+                "additionalProperties": {
+                    "type": "object", "required": ["kind"],
+                    "properties": {"kind": {"enum": kind_names,
+                                            "description": f"one of {', '.join(kind_names)}"}},
+                    "allOf": [{"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]},
+                               "then": {"$ref": f"#/$defs/{k}_study"}} for k in kind_names],
+                },
+            },
+        },
+        "$defs": defs,
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write-schema"]:
+        import yaml
+
+        target = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("# Generated by `python -m mfpipe.grid --write-schema` from "
+                          "mfpipe.grid.config_schema(): edit that.\n"
+                          + yaml.safe_dump(config_schema(), sort_keys=False, allow_unicode=True,
+                                           width=100))
+        print(target)
+    else:
+        print("usage: python -m mfpipe.grid --write-schema", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,345 @@
+"""`mfpipe pool COMMAND ARGS…`: run one mfpipe cell command in a warm worker process.
+
+A training or gradient cell of the default grid takes seconds, and starting Python and
+importing torch takes 2–5 s: run one process per cell and most of the wall time is start-up.
+The workflow keeps one Snakemake job per cell (per-cell staleness, logs, retries) but each job
+runs ``mfpipe pool train-cell …``, a thin client (no torch import) that hands the command to a
+warm server on this machine:
+
+* The server is started on demand by the first client (under a lock, so concurrent clients
+  start one), imports the command's module (torch, the network and data code) once, and then
+  ``fork``s one child per request.  The child takes over the client's stdin/stdout/stderr
+  (passed as file descriptors over the Unix socket), working directory and environment (so
+  ``OMP_NUM_THREADS`` of the Snakemake job applies), runs the command exactly as ``mfpipe``
+  would, and reports its exit code, which the client exits with.
+* If the client dies (Snakemake killed, job cancelled), the child notices the closed socket and
+  aborts: the cell's output is written atomically, so nothing is left and the next run computes
+  the cell again — every cell ends up computed exactly once.
+* The socket name includes a signature of the mfpipe sources (paths and mtimes) and the Python
+  executable: after a code edit a fresh server is started and the old one exits when idle
+  (``--idle-timeout``, default 120 s; ``$MFPIPE_POOL_IDLE``).  Servers live in
+  ``$MFPIPE_POOL_DIR`` (default ``/tmp/mfpipe-pool-<uid>``), with their log.
+* ``MFPIPE_POOL=0`` runs the command in the client process instead (same results, no server);
+  so does any failure to reach or start a server (with a warning on stderr).
+
+Only ``train-cell`` and ``grad-cell`` (the commands that import torch) go through a server;
+any other command runs in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POOLED_COMMANDS = ("train-cell", "grad-cell")
+DEFAULT_IDLE_TIMEOUT = 120.0
+START_TIMEOUT = 180.0
+_HEADER = struct.Struct("!I")
+_CODE = struct.Struct("!i")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help=f"seconds a server stays up with nothing to do "
+                             f"(default: $MFPIPE_POOL_IDLE or {DEFAULT_IDLE_TIMEOUT:g})")
+    parser.add_argument("command_args", nargs=argparse.REMAINDER, metavar="COMMAND ARGS",
+                        help=f"the mfpipe command to run ({', '.join(POOLED_COMMANDS)} use a warm "
+                             f"server)")
+
+
+def run(args) -> int:
+    argv = list(args.command_args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        from mfpipe.errors import InputError
+
+        raise InputError("COMMAND", None, "an mfpipe command and its arguments, e.g. "
+                                          "`mfpipe pool train-cell --depth 10 -o cell.parquet`")
+    idle = args.idle_timeout if args.idle_timeout is not None else float(
+        os.environ.get("MFPIPE_POOL_IDLE", DEFAULT_IDLE_TIMEOUT))
+    if argv[0] not in POOLED_COMMANDS or os.environ.get("MFPIPE_POOL", "1") == "0":
+        return _run_inline(argv)
+    try:
+        return run_pooled(argv, idle_timeout=idle)
+    except PoolUnavailable as err:
+        print(f"mfpipe pool: {err}; running in this process", file=sys.stderr, flush=True)
+        return _run_inline(argv)
+
+
+class PoolUnavailable(RuntimeError):
+    pass
+
+
+def _run_inline(argv: list[str]) -> int:
+    from mfpipe.cli import main
+
+    return main(argv)
+
+
+# ----------------------------------------------------------------------------- naming
+
+def pool_dir() -> Path:
+    path = Path(os.environ.get("MFPIPE_POOL_DIR") or f"/tmp/mfpipe-pool-{os.getuid()}")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def code_signature() -> str:
+    """Digest of the Python executable and the mfpipe sources (names, sizes, mtimes)."""
+    src = Path(__file__).resolve().parent
+    digest = hashlib.sha1(sys.executable.encode())
+    for path in sorted(src.rglob("*.py")):
+        st = path.stat()
+        digest.update(f"{path.relative_to(src)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def socket_path(module: str) -> Path:
+    name = hashlib.sha1(f"{code_signature()}:{module}:{socket.gethostname()}".encode()).hexdigest()
+    return pool_dir() / f"{module.rsplit('.', 1)[-1]}-{name[:12]}.sock"
+
+
+def _module_of(command: str) -> str:
+    from mfpipe.cli import COMMANDS
+
+    return COMMANDS[command][0]
+
+
+# ----------------------------------------------------------------------------- client
+
+def run_pooled(argv: list[str], *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+    """Run ``mfpipe <argv>`` in a warm server (started if needed); return its exit code."""
+    module = _module_of(argv[0])
+    path = socket_path(module)
+    for _attempt in range(3):
+        conn = _connect(path)
+        if conn is None:
+            conn = _start_server(path, module, idle_timeout)
+        code = _request(conn, argv)
+        if code is not None:
+            return code
+        time.sleep(0.2)  # the server was shutting down as we connected: start another
+    raise PoolUnavailable(f"no answer from a pool server at {path}")
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def _start_server(path: Path, module: str, idle_timeout: float) -> socket.socket:
+    import fcntl
+
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one client starts the server; the others wait here
+        conn = _connect(path)
+        if conn is not None:
+            return conn
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a dead server's socket
+        log = open(f"{path}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mfpipe.pool", "--serve", str(path), "--module", module,
+             "--idle-timeout", str(idle_timeout)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            close_fds=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise PoolUnavailable(f"the pool server exited with code {proc.returncode} "
+                                      f"(log: {path}.log)")
+            conn = _connect(path)
+            if conn is not None:
+                return conn
+            time.sleep(0.05)
+        proc.kill()
+        raise PoolUnavailable(f"the pool server did not start within {START_TIMEOUT:g} s")
+
+
+def _request(conn: socket.socket, argv: list[str]) -> int | None:
+    """Send the request with our stdio; None if the server went away before starting it."""
+    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    with conn:
+        try:
+            socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
+            conn.sendall(payload)
+            ack = conn.recv(1)
+        except OSError:
+            return None
+        if ack != b"A":
+            return None
+        data = b""
+        while len(data) < _CODE.size:
+            chunk = conn.recv(_CODE.size - len(data))
+            if not chunk:
+                print("mfpipe pool: the worker died without an exit code", file=sys.stderr)
+                return 1
+            data += chunk
+        return _CODE.unpack(data)[0]
+
+
+# ----------------------------------------------------------------------------- server
+
+def serve(path: str, module: str, idle_timeout: float) -> None:
+    import importlib
+
+    importlib.import_module(module)  # the expensive part, done once: torch, nets, data
+    importlib.import_module("mfpipe.cli")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    listener.bind(tmp)
+    listener.listen(128)
+    os.replace(tmp, path)  # appear only when ready to accept
+    ino = os.stat(path).st_ino
+    print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} ready: {module} at {path}",
+          flush=True)
+    listener.settimeout(0.5)
+    children: set[int] = set()
+    last_busy = time.monotonic()
+    while True:
+        _reap(children)
+        if children:
+            last_busy = time.monotonic()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if not children and time.monotonic() - last_busy > idle_timeout:
+                break
+            continue
+        children.add(_fork_child(conn, listener))
+        last_busy = time.monotonic()
+    # stop taking new clients first, then serve whoever was already queued
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_ino == ino:
+            os.unlink(path)
+    listener.setblocking(False)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, OSError):
+            break
+        children.add(_fork_child(conn, listener))
+    listener.close()
+    print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} idle for {idle_timeout:g} s: "
+          f"exiting", flush=True)
+
+
+def _reap(children: set[int]) -> None:
+    for pid in list(children):
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                continue
+        children.discard(pid)
+
+
+def _fork_child(conn: socket.socket, listener: socket.socket) -> int:
+    conn.setblocking(True)
+    pid = os.fork()
+    if pid:
+        conn.close()
+        return pid
+    listener.close()
+    code = 1
+    try:
+        code = _child(conn)
+    except BaseException:  # noqa: BLE001 - report anything, then leave without cleanup of the server's state
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _child(conn: socket.socket) -> int:
+    import threading
+
+    os.setpgid(0, 0)
+    msg, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
+    if len(msg) < _HEADER.size or len(fds) != 3:
+        return 1
+    (size,) = _HEADER.unpack(msg)
+    payload = b""
+    while len(payload) < size:
+        chunk = conn.recv(size - len(payload))
+        if not chunk:
+            return 1
+        payload += chunk
+    request = json.loads(payload)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv = list(request["argv"])
+    sys.argv = ["mfpipe", *argv]
+    conn.sendall(b"A")
+    finished = threading.Event()
+
+    def watch_client():  # the client closes the socket only when it dies: abort the cell
+        try:
+            data = conn.recv(1)
+        except OSError:
+            data = b""
+        if not data and not finished.is_set():
+            import _thread
+
+            _thread.interrupt_main()  # KeyboardInterrupt: atomic writes clean up their temp file
+            time.sleep(20)
+            os._exit(130)
+
+    threading.Thread(target=watch_client, daemon=True).start()
+    from mfpipe.cli import main
+
+    try:
+        code = int(main(argv) or 0)
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        print("mfpipe pool: client gone; cell aborted", file=sys.stderr, flush=True)
+        return 130
+    except BaseException:  # noqa: BLE001 - the same as mfpipe's own crash: traceback, exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finished.set()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        conn.sendall(_CODE.pack(code))
+    return code
+
+
+def _serve_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfpipe.pool")
+    parser.add_argument("--serve", required=True)
+    parser.add_argument("--module", required=True)
+    parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT)
+    args = parser.parse_args(argv)
+    serve(args.serve, args.module, args.idle_timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve_main(sys.argv[1:]))
