@@ -291,6 +291,7 @@ def iterate_q(activation, sigma_w2, sigma_b2, q0, depth, keep_rate=1.0, noise="d
               noise_var=0.0, *, method="auto"):
     """Length iterates q^0 = q0, q^{l+1} = σ_w²(μ2 M0(q^l) + ν) + σ_b²; shape (depth+1, *grid)."""
     depth = _depth(depth)
+    sigma_w2 = _grid_with(sigma_w2, sigma_b2, keep_rate, noise_var, _array(q0, "q0"))
     s = Setting(activation, sigma_w2, sigma_b2, keep_rate, noise, noise_var, method)
     q0 = np.broadcast_to(_array(q0, "q0"), s.shape).ravel()
     if not np.all(np.isfinite(q0) & (q0 >= 0)):
@@ -312,6 +313,8 @@ def iterate_c(activation, sigma_w2, sigma_b2, c0, depth, keep_rate=1.0, q=None, 
     length q and the lengths are iterated alongside, c^{l+1} = (σ_w² A(q^l, c^l) + σ_b²)/q^{l+1}.
     """
     depth = _depth(depth)
+    extra = [_array(c0, "c0")] + ([] if q is None else [_array(q, "q")])
+    sigma_w2 = _grid_with(sigma_w2, sigma_b2, keep_rate, noise_var, *extra)
     s = Setting(activation, sigma_w2, sigma_b2, keep_rate, noise, noise_var, method)
     c0 = np.broadcast_to(_array(c0, "c0"), s.shape).ravel()
     if not np.all((c0 >= -1) & (c0 <= 1)):
@@ -347,6 +350,16 @@ def iterate_c(activation, sigma_w2, sigma_b2, c0, depth, keep_rate=1.0, q=None, 
         out[layer + 1] = (s.sw * a + s.sb) / q_new
         ql = q_new
     return out.reshape((depth + 1,) + s.shape)
+
+
+def _grid_with(sigma_w2, *others):
+    """σ_w² broadcast to the joint shape of all grid arguments (so starting values broadcast too)."""
+    arrays = [_array(sigma_w2, "sigma_w2")] + [np.asarray(o, dtype=float) for o in others]
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        raise InputError("sigma_w2", sigma_w2, "arrays broadcastable against the other grid arguments") from None
+    return np.broadcast_to(arrays[0], shape)
 
 
 def _depth(depth):

@@ -154,6 +154,46 @@ def _bucket_of(q: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(np.array(BUCKETS), q, side="left"), len(BUCKETS) - 1)
 
 
+def _smooth_odd_coefficients(act: Activation, q: np.ndarray, q_max: float):
+    """Squared Hermite coefficients (odd orders of φ, even orders of φ') on the shared grid."""
+    z, w_odd, w_even, _ = _hermite_projector(q_max)
+    a = np.empty((q.size, w_odd.shape[1]))
+    b = np.empty((q.size, w_even.shape[1]))
+    step = max(1, CHUNK // z.size)
+    for start in range(0, q.size, step):
+        u = np.sqrt(q[start:start + step])[:, None] * z[None, :]
+        a[start:start + step] = act.phi(u) @ w_odd
+        b[start:start + step] = act.dphi(u) @ w_even
+    return a * a, b * b
+
+
+def _panel_coefficients(act: Activation, q: np.ndarray, k_max: int, panels: int = 48, m: int = 32):
+    """Squared Hermite coefficients of φ(√q z) and φ'(√q z), orders 0..k_max, for any φ.
+
+    Gauss–Legendre panels split at the kinks z = kink/√q, so kinked φ are integrated exactly
+    piecewise; per-point nodes, Hermite recurrence over the order (cross-checks, small grids).
+    """
+    z_end = math.sqrt(4.0 * k_max + 2.0) + 8.0
+    sq = np.sqrt(q)
+    uniform = np.broadcast_to(np.linspace(-z_end, z_end, panels + 1), (q.size, panels + 1))
+    kinks = [np.clip(k / sq, -z_end, z_end)[:, None] for k in act.kinks]
+    breaks = np.sort(np.concatenate([uniform, *kinks], axis=1), axis=1)
+    z, w = _panel_rule(breaks, m)
+    sqrt_pdf = np.sqrt(_normal_pdf(z))
+    u = z * sq[:, None]
+    f0 = w * sqrt_pdf * act.phi(u)
+    f1 = w * sqrt_pdf * act.dphi(u)
+    g_prev = np.zeros_like(z)
+    g = sqrt_pdf.copy()
+    a = np.empty((q.size, k_max + 1))
+    b = np.empty((q.size, k_max + 1))
+    for k in range(k_max + 1):
+        a[:, k] = np.sum(f0 * g, axis=1)
+        b[:, k] = np.sum(f1 * g, axis=1)
+        g_prev, g = g, (z * g - math.sqrt(k) * g_prev) / math.sqrt(k + 1.0)
+    return a * a, b * b
+
+
 class _Series:
     """Σ_m coef[:, m] x^m (x = c² for the even/odd halves), Horner, vectorised over rows."""
 
@@ -199,28 +239,19 @@ class PairIntegrals:
     # ---------------------------------------------------------- Mehler construction
     def _build_mehler(self, m0, m1):
         act = self.act
-        if not act.odd:
-            raise NotImplementedError("Mehler series implemented for odd activations (tanh, erf, linear, hard_tanh)")
         q = self.q
         self.bucket = _bucket_of(q)
         self.row = np.zeros(q.size, dtype=np.intp)
         self.series = {}
+        self.odd = act.odd and act.smooth
         for b in np.unique(self.bucket):
             members = np.flatnonzero(self.bucket == b)
             self.row[members] = np.arange(members.size)
-            z, w_odd, w_even, k_max = _hermite_projector(BUCKETS[b])
-            a = np.empty((members.size, w_odd.shape[1]))
-            bb = np.empty((members.size, w_even.shape[1]))
-            step = max(1, CHUNK // z.size)
-            for start in range(0, members.size, step):
-                sel = members[start:start + step]
-                u = np.sqrt(q[sel])[:, None] * z[None, :]
-                # kinked φ (cross-checks only) converge algebraically on this grid
-                f0, f1 = act.phi(u), act.dphi(u)
-                a[start:start + step] = f0 @ w_odd
-                bb[start:start + step] = f1 @ w_even
-            alpha, beta = a * a, bb * bb
-            # exact remainders at c = 1, put on the first omitted power (odd for A, even for B)
+            if self.odd:
+                alpha, beta = _smooth_odd_coefficients(act, q[members], BUCKETS[b])
+            else:
+                alpha, beta = _panel_coefficients(act, q[members], max(_order(BUCKETS[b]), 400))
+            # exact remainders at c = 1, put on the first omitted power
             tail_a = m0[members] - alpha.sum(axis=1)
             tail_b = m1[members] - beta.sum(axis=1)
             alpha = np.concatenate([alpha, tail_a[:, None]], axis=1)
@@ -235,8 +266,14 @@ class PairIntegrals:
             sel = np.flatnonzero(buckets == b)
             rows = self.row[idx[sel]]
             cs = c[sel]
-            x = cs * cs
             ser_a, ser_b = self.series[b]
+            if not self.odd:  # full power series in c
+                for i, name in enumerate(want):
+                    ser = ser_b if name == "B" else ser_a
+                    v, d = ser.value_and_slope(cs, rows)
+                    out[i][sel] = d if name == "dA" else v
+                continue
+            x = cs * cs
             for i, name in enumerate(want):
                 if name == "A":  # A = c Σ α_{2m+1} x^m
                     v, _ = ser_a.value_and_slope(x, rows)
