@@ -94,10 +94,13 @@ class Setting:
                              f"0 with noise={noise} (noise_var is for noise=gaussian or additive)")
         if noise == "dropout":
             self.mu2 = 1.0 / self.rho
+            self.inv_mu2 = self.rho
         elif noise == "gaussian":
             self.mu2 = 1.0 + self.nv
         else:
             self.mu2 = np.ones_like(self.sw)
+        if noise != "dropout":
+            self.inv_mu2 = 1.0 / self.mu2
         self.nu = self.nv if noise == "additive" else np.zeros_like(self.sw)
 
     def reshape(self, flat):
@@ -251,7 +254,7 @@ def critical_sigma_w2(activation, sigma_b2, keep_rate=1.0, noise="dropout", nois
     act, sb, mu2, nu = s.act, s.sb, s.mu2, s.nu
     if act.homogeneous:
         m1 = moments(act, np.ones(1), s.method)[1][0]
-        return s.reshape(1.0 / (mu2 * m1))
+        return s.reshape(s.inv_mu2 / m1)  # 2ρ (relu), ρ (linear) exactly for dropout
 
     def G(x, idx):
         m0, m1, m2, dm1 = moments(act, x, s.method)
