@@ -284,6 +284,9 @@ def phase_diagram(theory: pd.DataFrame):
 
 # ------------------------------------------------------------------------------- 2 iterates
 
+RESIDUAL_FLOOR = 1e-13  # relative to the fixed point: below it a residual is float64 rounding
+
+
 def iterates_figure(iterates: pd.DataFrame):
     """Residuals |q^l − q*|, |c^l − c*| against l (log), and measured vs predicted depth scales.
 
@@ -302,8 +305,10 @@ def iterates_figure(iterates: pd.DataFrame):
         s2 = g["sigma_w2"].iloc[0]
         for ax, col, star in ((axes[0], "q", "q_star"), (axes[1], "c", "c_star")):
             resid = np.abs(g[col] - g[star]).to_numpy(float)
-            ok = resid > 0
-            ax.semilogy(g["layer"].to_numpy()[ok], resid[ok], color=colors[s2], lw=1.2)
+            # stop a curve where it reaches the float64 floor (the residual is then rounding noise)
+            below = np.flatnonzero(~(resid > RESIDUAL_FLOOR * max(abs(float(g[star].iloc[0])), 1e-300)))
+            stop = below[0] if len(below) else len(resid)
+            ax.semilogy(g["layer"].to_numpy()[:stop], resid[:stop], color=colors[s2], lw=1.2)
     axes[0].set_ylabel(r"$|q^l - q^*|$")
     axes[1].set_ylabel(r"$|c^l - c^*|$")
     for ax in axes[:2]:
@@ -311,17 +316,18 @@ def iterates_figure(iterates: pd.DataFrame):
     _colorbar(fig, axes[1], sig, "plasma", SYM["sigma_w2"])
     per_point = it.groupby(group_cols, sort=True).first().reset_index()
     ax = axes[2]
-    for col, fitted, marker, label in (("xi_q", "xi_q_fit", "o", "q"), ("xi_c", "xi_c_fit", "s", "c")):
+    for col, fitted, marker, label, color in (("xi_q", "xi_q_fit", "o", "q", "#1f77b4"),
+                                              ("xi_c", "xi_c_fit", "s", "c", "#d62728")):
         if col in per_point:
-            ax.plot(per_point["sigma_w2"], np.abs(per_point[col]), "--", lw=1.4,
+            ax.plot(per_point["sigma_w2"], np.abs(per_point[col]), "--", lw=1.4, color=color,
                     label=rf"$\xi_{label}$ theory")
         if fitted in per_point:
-            ax.plot(per_point["sigma_w2"], np.abs(per_point[fitted]), marker, ms=4, mfc="none",
-                    label=rf"$\xi_{label}$ measured")
+            ax.plot(per_point["sigma_w2"], np.abs(per_point[fitted]), marker, ms=5, mfc="none",
+                    color=color, label=rf"$\xi_{label}$ measured (exponential fit)")
     ax.set_yscale("log")
     ax.set_xlabel(SYM["sigma_w2"])
     ax.set_ylabel("depth scale")
-    ax.legend()
+    ax.legend(loc="upper left", fontsize=8)
     axes[0].set_title("(a) length map: " + r"$|q^l - q^*| \sim e^{-l/\xi_q}$")
     axes[1].set_title("(b) correlation map: " + r"$|c^l - c^*| \sim e^{-l/\xi_c}$")
     axes[2].set_title("(c) measured vs predicted depth scales")
@@ -361,7 +367,8 @@ def dropout_depth(theory: pd.DataFrame, c_map=None):
     sb2 = b_values[np.argmin(np.abs(b_values - 0.05))]
     t = t[np.isclose(t["sigma_b2"], sb2)]
     rhos = sorted(np.unique(t["keep_rate"]), reverse=True)
-    colors = _colors(rhos, "viridis_r")
+    ranks = _colors(range(len(rhos)), "viridis")  # by rank: ρ = 1, .99, .98 stay distinguishable
+    colors = {rho: ranks[i] for i, rho in enumerate(rhos)}
     act = t["activation"].iloc[0] if "activation" in t else "tanh"
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.0), constrained_layout=True)
     if c_map is None:
@@ -418,7 +425,9 @@ def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, 
     _require(gradients, ["sigma_w2", "layer", "mode", "grad_sq_norm"], "gradients table")
     g = gradients
     fixed = [c for c in ("activation", "sigma_b2", "keep_rate", "depth", "width", "dataset") if c in g]
-    # one panel family: the most common setting of the other parameters
+    # one setting of the other parameters: the largest ρ, then the most common of the rest
+    if "keep_rate" in g:
+        g = g[g["keep_rate"] == g["keep_rate"].max()]
     if fixed:
         top = g.groupby(fixed, dropna=False).size().idxmax()
         top = top if isinstance(top, tuple) else (top,)
@@ -476,7 +485,8 @@ def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, 
     ax.set_ylabel(r"$1/\xi_\nabla$ (slope of $\ln\|\nabla_{W^l}E\|^2$ in $l$)")
     ax.set_title(r"(c) gradient depth scale: $1/\xi_\nabla = -\ln\chi_1$")
     ax.legend()
-    label = ", ".join(f"{k} = {_num(v)}" for k, v in setting.items())
+    names = {"sigma_b2": SYM["sigma_b2"], "keep_rate": SYM["keep_rate"], "depth": r"$L$", "width": r"$N$"}
+    label = ", ".join(f"{names.get(k, k)} = {_num(v)}" for k, v in setting.items())
     fig.suptitle(f"Per-layer gradient norms at initialisation ({label}); dashed: theory", fontsize=10)
     return fig
 
@@ -633,9 +643,9 @@ def universality(rows: pd.DataFrame, metrics=("g_aa", "g_ab")):
         raise InputError("universality", "no layer with ≥ 3 initialisations and non-zero statistics",
                          "gradient rows with several init_index or seeds per cell")
     fig, axes = _grid(len(panels), ncols=2, size=(5.0, 4.2))
-    hue_col = "activation" if stats["activation"].nunique() > 1 else "keep_rate"
     for ax, (src, metric) in zip(axes, panels):
         s = stats[(stats["source"] == src) & (stats["metric"] == metric)]
+        hue_col = "activation" if "activation" in s and s["activation"].nunique() > 1 else "keep_rate"
         hues = sorted(s[hue_col].unique(), key=str)
         palette = dict(zip(hues, _palette(len(hues))))
         for hue in hues:
