@@ -15,6 +15,12 @@ from mfpipe.grid import cell_id
 from mfpipe.nets import DropoutMLP
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cells.configure_threads(1)
+
+
 def autograd_per_input_gradients(net, trace, x, loss, labels):
     """∇_{W^l} E_a for each input a, by autograd through the traced forward pass (same masks)."""
     grads = []
@@ -123,7 +129,6 @@ def test_gradient_depth_scale_and_correlation_map_follow_theory(sigma_w2, keep_r
     engine's −1/ln χ1 (with the 1/ρ factor), and c^l following the c-map iterates."""
     from mfpipe.theory import depth_scales, iterate_c
 
-    cells.configure_threads(1)
     depth = 60
     params = {"activation": "tanh", "sigma_w2": sigma_w2, "sigma_b2": 0.05, "keep_rate": keep_rate,
               "depth": depth, "width": 512, "inits": 8, "n_inputs": 4, "seed": 1}

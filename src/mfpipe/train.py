@@ -147,7 +147,7 @@ def run_train_cell(params: dict, output=None, *, device: str = "auto", data_dir=
             steps_since += 1
             if step == checkpoint:
                 last_logits, last_y, last_loss = logits.detach(), yb, loss.detach()
-            if step % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss)):
+            if step % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss.detach())):
                 diverged_step = step
         _sync(dev)
         elapsed = time.perf_counter() - t0
