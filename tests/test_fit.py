@@ -129,6 +129,9 @@ def test_panels_split_by_step_keep_rate_and_dataset():
     assert set(zip(result.fits["keep_rate"], result.fits["step"])) == {(1.0, 1000), (0.98, 1000), (1.0, 100)}
     last = fit.fit_table(pd.concat([a, c]), n_boot=0, forms=["n*xi_c"], step="last")
     assert list(last.fits["step"]) == [1000]
+    at_init = a.assign(step=0, train_accuracy=0.1)  # step 0: the untrained network, no panel
+    assert fit.fit_table(pd.concat([a, at_init]), n_boot=0, forms=["n*xi_c"]).fits["step"].tolist() == [1000]
+    assert fit.fit_table(pd.concat([a, at_init]), n_boot=0, forms=["n*xi_c"], step="0").fits["step"].tolist() == [0]
 
 
 def test_input_contract_errors_name_the_missing_column():

@@ -116,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Huang's metric, test_accuracy)")
     parser.add_argument("--step", default="all",
                         help="checkpoints: 'all' (each step its own panel), 'last' (each run's "
-                             "final step) or a list of steps (default all)")
+                             "final step) or a list of steps (default all; step 0, the network at "
+                             "initialisation, is left out unless listed)")
     parser.add_argument("--threshold", default="between:0.5",
                         help="trainable iff accuracy ≥ threshold: between:F = chance + F (best − "
                              "chance) [default between:0.5], relative:F = F × best, absolute:A")
@@ -320,6 +321,11 @@ def prepare(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
             raise InputError("group-by", col, f"columns of the table: {', '.join(map(str, frame.columns))}")
     group = [c for c in GROUP_COLUMNS if c in frame] + [c for c in extra_group if c not in GROUP_COLUMNS]
     run_cols = [c for c in group if c != "step"] + ["sigma_w2", "depth"] + (["seed"] if "seed" in frame else [])
+    if step in ("all", "last"):
+        # step 0 is the network at initialisation: nothing has been trained, nothing to fit
+        frame = frame[frame["step"] != 0]
+        if frame.empty:
+            raise InputError("step", "only step 0", "rows after training (step > 0)")
     if step == "last":
         last = frame.groupby(run_cols, dropna=False, sort=False)["step"].transform("max")
         frame = frame[frame["step"] == last]
