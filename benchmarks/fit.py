@@ -58,7 +58,10 @@ def main() -> int:
         t_fit = time.perf_counter() - t_fit
         from mfpipe.cli import main as cli
         t_cli = time.perf_counter()
-        code = cli(["fit", path, "-o", out, "--bootstrap", str(args.bootstrap)])
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints
+            code = cli(["fit", path, "-o", out, "--bootstrap", str(args.bootstrap)])
         t_cli = time.perf_counter() - t_cli
     panels = result.fits["panel"].nunique()
     xi_c = result.fits[result.fits["form"] == "n*xi_c"]

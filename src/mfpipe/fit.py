@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(summary) as tmp:
         tmp.write_text(result.summary)
     print(result.summary)
-    print(f"mfpipe fit: {len(result.cells)} cells in {result.fits['panel'].nunique()} panels, "
+    print(f"mfpipe fit: {len(frame)} rows -> {len(result.cells)} (σ_w², depth) cells in "
+          f"{result.fits['panel'].nunique()} panels, "
           f"{len(result.fits)} fits -> {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
 
