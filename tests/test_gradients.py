@@ -131,7 +131,7 @@ def test_gradient_depth_scale_and_correlation_map_follow_theory(sigma_w2, keep_r
 
     depth = 60
     params = {"activation": "tanh", "sigma_w2": sigma_w2, "sigma_b2": 0.05, "keep_rate": keep_rate,
-              "depth": depth, "width": 512, "inits": 8, "n_inputs": 4, "seed": 1}
+              "depth": depth, "width": 512, "inits": 8, "n_inputs": 16, "seed": 1}
     table = gradients.run_grad_cell(params, progress=False).to_pandas()
     theory = depth_scales("tanh", sigma_w2, 0.05, keep_rate=keep_rate)
     xi_theory = float(theory["xi_grad"])
@@ -140,12 +140,13 @@ def test_gradient_depth_scale_and_correlation_map_follow_theory(sigma_w2, keep_r
         xi_fit = fitted_depth_scale(table, mode, 5, depth - 5)
         print(f"σ_w²={sigma_w2} ρ={keep_rate} {mode}: ξ_∇ fitted {xi_fit:.3f}, theory {xi_theory:.3f}")
         assert xi_fit == pytest.approx(xi_theory, rel=0.15)
-    # c^l: start the c-map from the measured correlation once q^l has settled (layer 4)
+    # c^l: start the c-map from the measured correlation once q^l has settled (layer 4) and
+    # follow it to the last hidden layer (ξ_c ≈ 12 layers in the chaotic case: still converging)
     c_measured = table[table["mode"] == "real"].groupby("layer")["c_l"].mean().to_numpy()
-    start, span = 4, 30
+    start, span = 4, depth - 6
     c_theory = np.asarray(iterate_c("tanh", sigma_w2, 0.05, float(c_measured[start]), span, keep_rate=keep_rate))
     deviation = np.abs(c_measured[start:start + span + 1] - c_theory[: span + 1])
-    print(f"σ_w²={sigma_w2} ρ={keep_rate}: c^l measured {np.round(c_measured[start:start + span + 1:6], 3)}, "
-          f"c-map {np.round(c_theory[:span + 1:6], 3)}, max |Δc| {deviation.max():.3f}")
-    assert deviation.max() < 0.05
-    assert abs(c_measured[-5] - float(theory["c_star"])) < 0.05
+    print(f"σ_w²={sigma_w2} ρ={keep_rate}: c^l measured {np.round(c_measured[start:start + span + 1:9], 3)}, "
+          f"c-map {np.round(c_theory[:span + 1:9], 3)}, c* {float(theory['c_star']):.3f}, "
+          f"mean |Δc| {deviation.mean():.3f}, max |Δc| {deviation.max():.3f}")
+    assert deviation.mean() < 0.03 and deviation.max() < 0.06
