@@ -17,7 +17,8 @@
 # MinJobAge keeps finished jobs visible to squeue for MFPIPE_SLURM_MIN_JOB_AGE seconds.
 #
 # Settings (environment): MFPIPE_SLURM_STATE, MFPIPE_SLURM_PARTITION (default gpu),
-# MFPIPE_SLURM_NGPUS (default 4), MFPIPE_SLURM_CTLD_PORT / MFPIPE_SLURM_SLURMD_PORT
+# MFPIPE_SLURM_NGPUS (default 4), MFPIPE_SLURM_GPU_TYPE (gres type of the fake GPUs, default
+# fake: --gpus=1 and --gpus=fake:1 both schedule), MFPIPE_SLURM_CTLD_PORT / MFPIPE_SLURM_SLURMD_PORT
 # (default 6817 / 6818), MFPIPE_SLURM_MIN_JOB_AGE (default 600), MFPIPE_SLURM_START_TIMEOUT
 # (seconds to wait for an idle node, default 90).
 set -euo pipefail
@@ -25,6 +26,7 @@ set -euo pipefail
 STATE=${MFPIPE_SLURM_STATE:-/var/lib/mfpipe-slurm-local}
 PARTITION=${MFPIPE_SLURM_PARTITION:-gpu}
 NGPUS=${MFPIPE_SLURM_NGPUS:-4}
+GPU_TYPE=${MFPIPE_SLURM_GPU_TYPE:-fake}
 CTLD_PORT=${MFPIPE_SLURM_CTLD_PORT:-6817}
 SLURMD_PORT=${MFPIPE_SLURM_SLURMD_PORT:-6818}
 MIN_JOB_AGE=${MFPIPE_SLURM_MIN_JOB_AGE:-600}
@@ -52,6 +54,7 @@ validate_settings() {
     [[ $NGPUS =~ ^[1-9][0-9]*$ ]] || die "MFPIPE_SLURM_NGPUS must be a positive integer, got '$NGPUS'"
     [[ $MIN_JOB_AGE =~ ^[0-9]+$ ]] && [ "$MIN_JOB_AGE" -ge 300 ] \
         || die "MFPIPE_SLURM_MIN_JOB_AGE must be an integer >= 300, got '$MIN_JOB_AGE'"
+    [[ $GPU_TYPE =~ ^[A-Za-z0-9_]+$ ]] || die "MFPIPE_SLURM_GPU_TYPE must be letters, digits or '_', got '$GPU_TYPE'"
     [[ $PARTITION =~ ^[A-Za-z0-9_-]+$ ]] \
         || die "MFPIPE_SLURM_PARTITION must be letters, digits, '_' or '-', got '$PARTITION'"
     [[ $CTLD_PORT =~ ^[0-9]+$ && $SLURMD_PORT =~ ^[0-9]+$ ]] \
@@ -111,7 +114,7 @@ write_config() {
     cat >"$STATE/etc/gres.conf" <<EOF
 # Written by scripts/slurm-local.sh. Fake GPUs: placeholder files, so --gpus requests schedule.
 AutoDetect=off
-NodeName=$node Name=gpu File=$files
+NodeName=$node Name=gpu Type=$GPU_TYPE File=$files
 EOF
     cat >"$CONF" <<EOF
 # Written by scripts/slurm-local.sh: a single-node test cluster (state in $STATE).
@@ -151,7 +154,7 @@ SlurmctldTimeout=60
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=10
-NodeName=$node NodeAddr=127.0.0.1 ${hw}Gres=gpu:$NGPUS State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 ${hw}Gres=gpu:$GPU_TYPE:$NGPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
     : >"$STATE/etc/plugstack.conf"
