@@ -139,8 +139,12 @@ def _q_star(s: Setting) -> np.ndarray:
     # bounded φ: g(q) = σ_w²(μ2 M0(q) + ν) + σ_b² − q,  g(lo) ≥ 0 > g(hi)
     lo = offset.copy()
     hi = offset + sw * mu2 * 1.0  # sup φ² = 1 for tanh, erf, hard_tanh
+    # φ² ≤ slope0² u² for tanh/erf/hard_tanh: below the linear regime's fixed point when it exists
+    lin = sw * mu2 * act.slope0 ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hi = np.where(lin < 1.0, np.minimum(hi, offset / (1.0 - lin)), hi)
     q = np.full(sw.shape, np.nan)
-    trivial = (offset == 0.0) & (sw * mu2 * act.slope0 ** 2 <= 1.0)
+    trivial = (offset == 0.0) & (lin <= 1.0)
     q[trivial] = 0.0
     todo = np.flatnonzero(~trivial)
     if todo.size:
@@ -150,7 +154,7 @@ def _q_star(s: Setting) -> np.ndarray:
             g = sw[gi] * (mu2[gi] * m0 + nu[gi]) + sb[gi] - x
             dg = sw[gi] * mu2[gi] * (m1 + m2) - 1.0
             return g, dg
-        q[todo] = bracketed_newton(fun, lo[todo], hi[todo], x0=hi[todo])
+        q[todo] = bracketed_newton(fun, lo[todo], hi[todo], x0=hi[todo], maxiter=100)
     return q
 
 
@@ -183,7 +187,10 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
             c_star[fi] = np.where(noiseless[fi], np.nan, 0.0)
             chi_c[fi] = 1.0 / mu2[fi]
 
-    gen = np.flatnonzero(np.isfinite(q) & (q > 0))
+    # finite q* > 0; in the ordered phase without noise c* = 1 and χ_c = χ1 (no series needed)
+    known = np.isfinite(q) & (q > 0) & noiseless & (chi1 <= 1.0)
+    c_star[known], chi_c[known] = 1.0, chi1[known]
+    gen = np.flatnonzero(np.isfinite(q) & (q > 0) & ~known)
     if gen.size == 0:
         return c_star, chi_c
     qg = q[gen]
@@ -193,7 +200,15 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
     offset = sb[gen] / q_next
     ordered = noiseless[gen] & (chi1[gen] <= 1.0)  # c = 1 is the stable fixed point
     cg = np.ones(gen.size)
-    todo = np.flatnonzero(~ordered)
+    # odd φ without bias: c = 0 is a fixed point, the stable one when the slope there is ≤ 1
+    zero_fixed = np.zeros(gen.size, dtype=bool)
+    if act.odd:
+        cand = np.flatnonzero((offset == 0.0) & ~ordered)
+        if cand.size:
+            (da0,) = pairs.evaluate(np.zeros(cand.size), cand, want=("dA",))
+            zero_fixed[cand] = scale[cand] * da0 <= 1.0
+    cg[zero_fixed] = 0.0
+    todo = np.flatnonzero(~ordered & ~zero_fixed)
     if todo.size:
         def fun(x, idx):
             pi = todo[idx]
@@ -201,7 +216,7 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
             return scale[pi] * a + offset[pi] - x, scale[pi] * da - 1.0
         # σ_b² = 0 with an unstable c = 0: start inside, away from it
         cg[todo] = bracketed_newton(fun, np.zeros(todo.size), np.ones(todo.size),
-                                    x0=np.full(todo.size, 0.5))
+                                    x0=np.full(todo.size, 0.5), maxiter=100)
     (b,) = pairs.evaluate(cg, np.arange(gen.size), want=("B",))
     chi = scale * qg * b
     chi = np.where(ordered, chi1[gen], chi)

@@ -96,7 +96,8 @@ def _panel_moments(act: Activation, q: np.ndarray, m: int = 64):
 def moments(act: Activation, q, method: str = "auto"):
     """(M0, M1, M2, dM1) arrays of the shape of q (see activations for the notation).
 
-    method: "auto" (closed form if available), "closed", or "quadrature".  For kinked φ the
+    method: "auto" (closed form if available), "closed", "quadrature" (Chebyshev tables of the
+    trapezoid rule for smooth odd φ), or "direct" (the trapezoid rule itself).  For kinked φ the
     distributional parts (M2, dM1) always come from the closed form.
     """
     q = np.asarray(q, dtype=float)
@@ -105,6 +106,8 @@ def moments(act: Activation, q, method: str = "auto"):
     if method == "closed" or (method == "auto" and act.closed_moments is not None):
         res = np.stack([np.asarray(r, dtype=float).ravel() for r in
                         np.broadcast_arrays(*act.closed_moments(flat))])
+    elif act.smooth and act.odd and method != "direct":
+        res = _tabulated_moments(act, flat)
     elif act.smooth:
         res = _trapezoid_moments(act, flat)
     else:
@@ -117,54 +120,126 @@ def moments(act: Activation, q, method: str = "auto"):
 
 # ------------------------------------------------------------------ Mehler (Hermite) series
 
-BUCKETS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+K_CAP_Q = 64.0  # series order stops growing beyond q = 64 (accuracy degrades slowly above)
 
 
 def _order(q_max: float) -> int:
-    return int(math.ceil(80.0 * q_max + 40.0))
+    return int(math.ceil(80.0 * min(q_max, K_CAP_Q) + 40.0))
 
 
-@functools.lru_cache(maxsize=16)
-def _hermite_projector(q_max: float):
-    """Nodes z (half line) and W[j, k] = weight_j · He_k(z_j)/√k! for the bucket q ≤ q_max.
+def _hermite_coefficients(act: Activation, q: np.ndarray, k_max: int, h: float):
+    """Signed Hermite coefficients of φ(√q z) (odd orders ≤ k_max) and φ'(√q z) (even orders).
 
-    Returns (z, W_odd, W_even, K).  Step 0.15/√q_max resolves both φ(√q z) and the oscillation
-    of the order-K Hermite functions; the range covers the support of He_K² ϕ.
+    Half-line trapezoid with step h over z ≤ √(4K+2) + 8 (the support of He_K² ϕ); normalised
+    Hermite functions by their stable three-term recurrence, one order at a time (memory: points ×
+    nodes).  The step must resolve both φ(√q z) (h ≤ 0.15/√q) and He_K (h ≲ 1/√K).
     """
-    k_max = _order(q_max)
-    h = min(0.25, 0.15 / math.sqrt(q_max))
     z_end = math.sqrt(4.0 * k_max + 2.0) + 8.0
     z = np.arange(0.0, z_end + h, h)
     sqrt_pdf = np.sqrt(_normal_pdf(z))
-    c = np.full(z.shape, 2.0 * h)
-    c[0] = h
-    pre = c * sqrt_pdf  # weight_j / √ϕ(z_j)·… : W = c_j √ϕ_j g_k(z_j), g_k = He_k √ϕ / √k!
+    weight = np.full(z.shape, 2.0 * h)
+    weight[0] = h
+    u = np.sqrt(q)[:, None] * z[None, :]
+    f0 = act.phi(u) * (weight * sqrt_pdf)
+    f1 = act.dphi(u) * (weight * sqrt_pdf)
+    a = np.empty((q.size, (k_max + 1) // 2))
+    b = np.empty((q.size, k_max // 2 + 1))
     g_prev = np.zeros_like(z)
-    g = sqrt_pdf.copy()
-    w = np.empty((z.size, k_max + 1))
-    w[:, 0] = pre * g
-    for k in range(k_max):
-        g_next = (z * g - math.sqrt(k) * g_prev) / math.sqrt(k + 1.0)
-        g_prev, g = g, g_next
-        w[:, k + 1] = pre * g
-    return z, np.ascontiguousarray(w[:, 1::2]), np.ascontiguousarray(w[:, 0::2]), k_max
+    g = sqrt_pdf.copy()  # g_k = He_k(z) √ϕ(z) / √k!
+    for k in range(k_max + 1):
+        if k % 2:
+            a[:, k // 2] = f0 @ g
+        else:
+            b[:, k // 2] = f1 @ g
+        g_prev, g = g, (z * g - math.sqrt(k) * g_prev) / math.sqrt(k + 1.0)
+    return a, b
 
 
-def _bucket_of(q: np.ndarray) -> np.ndarray:
-    return np.minimum(np.searchsorted(np.array(BUCKETS), q, side="left"), len(BUCKETS) - 1)
+def _step(q_max: float) -> float:
+    return min(0.25, 0.15 / math.sqrt(q_max))
 
 
-def _smooth_odd_coefficients(act: Activation, q: np.ndarray, q_max: float):
-    """Squared Hermite coefficients (odd orders of φ, even orders of φ') on the shared grid."""
-    z, w_odd, w_even, _ = _hermite_projector(q_max)
-    a = np.empty((q.size, w_odd.shape[1]))
-    b = np.empty((q.size, w_even.shape[1]))
-    step = max(1, CHUNK // z.size)
+# Chebyshev tables in s = √q, one per octave q ∈ [2^j, 2^(j+1)): the moments and the Hermite
+# coefficients are analytic in s for s > 0, so degree 20 interpolates them to ~1e-15 (checked
+# in tests against the direct rules).  Points outside the tabulated octaves use the direct rules.
+TABLE_OCTAVES = (-10, 5)  # q ∈ [2^-10, 2^6)
+CHEB_DEGREE = 20
+
+
+def _cheb_nodes():
+    return np.cos(np.pi * (np.arange(CHEB_DEGREE) + 0.5) / CHEB_DEGREE)
+
+
+def _octave_s(j: int):
+    return math.sqrt(2.0 ** j), math.sqrt(2.0 ** (j + 1))
+
+
+def _cheb_fit(values: np.ndarray) -> np.ndarray:
+    vander = np.polynomial.chebyshev.chebvander(_cheb_nodes(), CHEB_DEGREE - 1)
+    return np.linalg.solve(vander, values)
+
+
+def _cheb_basis(s: np.ndarray, j: int) -> np.ndarray:
+    lo, hi = _octave_s(j)
+    x = (2.0 * s - (lo + hi)) / (hi - lo)
+    return np.polynomial.chebyshev.chebvander(x, CHEB_DEGREE - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _moment_table(act: Activation, j: int) -> np.ndarray:
+    lo, hi = _octave_s(j)
+    s = 0.5 * (lo + hi) + 0.5 * (hi - lo) * _cheb_nodes()
+    return _cheb_fit(_trapezoid_moments(act, s * s).T)
+
+
+@functools.lru_cache(maxsize=None)
+def _coefficient_table(act: Activation, j: int):
+    lo, hi = _octave_s(j)
+    s = 0.5 * (lo + hi) + 0.5 * (hi - lo) * _cheb_nodes()
+    q_max = 2.0 ** (j + 1)
+    a, b = _hermite_coefficients(act, s * s, _order(q_max), _step(q_max))
+    return _cheb_fit(a), _cheb_fit(b)
+
+
+def _octave(q: np.ndarray) -> np.ndarray:
+    """Table octave of each q, or a sentinel below/above the tabulated range."""
+    with np.errstate(divide="ignore"):
+        j = np.floor(np.log2(np.where(q > 0, q, 1e-300))).astype(int)
+    return np.clip(j, TABLE_OCTAVES[0] - 1, TABLE_OCTAVES[1] + 1)
+
+
+def _tabulated_moments(act: Activation, q: np.ndarray) -> np.ndarray:
+    out = np.empty((4, q.size))
+    j = _octave(q)
+    inside = (j >= TABLE_OCTAVES[0]) & (j <= TABLE_OCTAVES[1])
+    outside = np.flatnonzero(~inside)
+    if outside.size:
+        out[:, outside] = _trapezoid_moments(act, q[outside])
+    for jj in np.unique(j[inside]):
+        sel = np.flatnonzero(j == jj)
+        # einsum: BLAS is slow for this skinny (points × 20) @ (20 × 4) product
+        out[:, sel] = np.einsum("pd,dk->kp", _cheb_basis(np.sqrt(q[sel]), int(jj)), _moment_table(act, int(jj)))
+    return out
+
+
+def _signed_coefficients(act: Activation, q: np.ndarray, key: int):
+    """Odd Hermite coefficients of φ (orders × points) for one octave key (tabulated or direct).
+
+    φ' needs no coefficients of its own: b_{k−1} = √(k/q) a_k (differentiate the expansion), i.e.
+    B(c) = A'(c)/q (Price's theorem).
+    """
+    if TABLE_OCTAVES[0] <= key <= TABLE_OCTAVES[1]:
+        ta, _ = _coefficient_table(act, key)
+        basis_t = _cheb_basis(np.sqrt(q), key).T
+        return ta.T @ basis_t
+    q_max = 2.0 ** TABLE_OCTAVES[0] if key < TABLE_OCTAVES[0] else float(q.max())
+    a = np.empty((q.size, (_order(q_max) + 1) // 2))
+    b = np.empty((q.size, _order(q_max) // 2 + 1))
+    step = max(1, CHUNK // int((math.sqrt(4 * _order(q_max) + 2) + 8) / _step(q_max) + 1))
     for start in range(0, q.size, step):
-        u = np.sqrt(q[start:start + step])[:, None] * z[None, :]
-        a[start:start + step] = act.phi(u) @ w_odd
-        b[start:start + step] = act.dphi(u) @ w_even
-    return a * a, b * b
+        sl = slice(start, start + step)
+        a[sl], b[sl] = _hermite_coefficients(act, q[sl], _order(q_max), _step(q_max))
+    return a.T
 
 
 def _panel_coefficients(act: Activation, q: np.ndarray, k_max: int, panels: int = 48, m: int = 32):
@@ -195,18 +270,45 @@ def _panel_coefficients(act: Activation, q: np.ndarray, k_max: int, panels: int 
 
 
 class _Series:
-    """Σ_m coef[:, m] x^m (x = c² for the even/odd halves), Horner, vectorised over rows."""
+    """Σ_m coef[m, :] x^m + tail x^M (M = number of orders; x = c² for the odd/even halves).
 
-    def __init__(self, coef: np.ndarray):
-        self.coef = coef
+    Horner, vectorised over points.  Orders whose contribution is below 1e-18 for every evaluated
+    point (x^m times the largest remaining coefficient sum) are skipped, so decorrelated points
+    cost a few terms only.  ``tail`` is the exact remainder at x = 1 placed on the first omitted
+    power, so the series is exact at c = ±1.
+    """
+
+    def __init__(self, coef: np.ndarray, tail: np.ndarray):
+        self.coef = coef  # (orders, points), coefficients ≥ 0
+        self.tail = tail
+        # suffix[m] = Σ_{m' ≥ m} max over points coef_m'  (bounds every point's remainder)
+        self.suffix = np.flip(np.cumsum(np.flip(coef.max(axis=1)))) + max(float(np.max(np.abs(tail), initial=0)), 0)
 
     def value_and_slope(self, x: np.ndarray, rows: np.ndarray):
-        coef = self.coef[rows]
+        x_max = float(np.max(np.abs(x))) if x.size else 0.0
+        n_orders = self.coef.shape[0]
+        order = n_orders
+        if x_max < 1.0:
+            with np.errstate(divide="ignore", under="ignore"):
+                bound = self.suffix * np.exp(np.arange(n_orders) * math.log(max(x_max, 1e-300)))
+            small = np.flatnonzero(bound < 1e-18)
+            if small.size:
+                order = max(int(small[0]), 1)
+        whole = rows.size == self.coef.shape[1]
+        coef = self.coef[:order] if whole else self.coef[:order, rows]
         val = np.zeros_like(x)
         der = np.zeros_like(x)
-        for m in range(coef.shape[1] - 1, -1, -1):
-            der = der * x + val
-            val = val * x + coef[:, m]
+        for m in range(order - 1, -1, -1):
+            der *= x
+            der += val
+            val *= x
+            val += coef[m]
+        if order == n_orders:
+            tail = self.tail if whole else self.tail[rows]
+            with np.errstate(under="ignore"):
+                xm1 = x ** (n_orders - 1)
+            val += tail * xm1 * x
+            der += n_orders * tail * xm1
         return val, der
 
 
@@ -240,23 +342,24 @@ class PairIntegrals:
     def _build_mehler(self, m0, m1):
         act = self.act
         q = self.q
-        self.bucket = _bucket_of(q)
+        self.odd = act.odd and act.smooth
+        self.bucket = _octave(q) if self.odd else np.zeros(q.size, dtype=int)
         self.row = np.zeros(q.size, dtype=np.intp)
         self.series = {}
-        self.odd = act.odd and act.smooth
-        for b in np.unique(self.bucket):
-            members = np.flatnonzero(self.bucket == b)
+        for key in np.unique(self.bucket):
+            members = np.flatnonzero(self.bucket == key)
             self.row[members] = np.arange(members.size)
             if self.odd:
-                alpha, beta = _smooth_odd_coefficients(act, q[members], BUCKETS[b])
-            else:
-                alpha, beta = _panel_coefficients(act, q[members], max(_order(BUCKETS[b]), 400))
+                alpha = _signed_coefficients(act, q[members], int(key))
+                np.square(alpha, out=alpha)  # (orders, points)
+                self.series[key] = (_Series(alpha, m0[members] - alpha.sum(axis=0)), None)
+                continue
+            alpha, beta = _panel_coefficients(act, q[members], max(_order(float(q[members].max())), 400))
+            alpha, beta = alpha.T, beta.T
             # exact remainders at c = 1, put on the first omitted power
-            tail_a = m0[members] - alpha.sum(axis=1)
-            tail_b = m1[members] - beta.sum(axis=1)
-            alpha = np.concatenate([alpha, tail_a[:, None]], axis=1)
-            beta = np.concatenate([beta, tail_b[:, None]], axis=1)
-            self.series[b] = (_Series(alpha), _Series(beta))
+            tail_a = m0[members] - alpha.sum(axis=0)
+            tail_b = m1[members] - beta.sum(axis=0)
+            self.series[key] = (_Series(alpha, tail_a), _Series(beta, tail_b))
 
     def _mehler_eval(self, c, idx, want):
         c = np.asarray(c, dtype=float)
@@ -274,16 +377,14 @@ class PairIntegrals:
                     out[i][sel] = d if name == "dA" else v
                 continue
             x = cs * cs
+            va, da = ser_a.value_and_slope(x, rows)
             for i, name in enumerate(want):
                 if name == "A":  # A = c Σ α_{2m+1} x^m
-                    v, _ = ser_a.value_and_slope(x, rows)
-                    out[i][sel] = cs * v
+                    out[i][sel] = cs * va
                 elif name == "dA":  # d/dc [c S(c²)] = S + 2c² S'
-                    v, d = ser_a.value_and_slope(x, rows)
-                    out[i][sel] = v + 2.0 * x * d
-                elif name == "B":
-                    v, _ = ser_b.value_and_slope(x, rows)
-                    out[i][sel] = v
+                    out[i][sel] = va + 2.0 * x * da
+                elif name == "B":  # Price: B = A'(c) / q
+                    out[i][sel] = (va + 2.0 * x * da) / self.q[idx[sel]]
         return out
 
     # ---------------------------------------------------------- public evaluation

@@ -53,13 +53,15 @@ def bracketed_newton(
             newton = xa - f / df
         lo, hi = np.minimum(aa, bb), np.maximum(aa, bb)
         step = np.abs(newton - xa)
-        ok = np.isfinite(newton) & (newton > lo) & (newton < hi) & (step <= 0.5 * step_old[active])
+        ok = np.isfinite(newton) & (newton > lo) & (newton < hi) & (step <= step_old[active])
         xn = np.where(ok, newton, 0.5 * (aa + bb))
         step_new = np.abs(xn - xa)
         step_old[active] = np.where(ok, step, 0.5 * np.abs(bb - aa))
-        tol = xtol + rtol * np.abs(xn)
-        done = (f == 0) | (step_new <= tol) | (np.abs(bb - aa) <= 2 * tol)
-        x[active] = np.where(f == 0, xa, xn)
+        tol = xtol + rtol * np.abs(xa)
+        # converged: exact zero, a Newton correction at round-off level, or a collapsed bracket
+        tiny = np.isfinite(newton) & (step <= tol)
+        done = (f == 0) | tiny | (step_new <= tol) | (np.abs(bb - aa) <= 2 * tol)
+        x[active] = np.where(f == 0, xa, np.where(tiny, newton, xn))
         fin = active[done]
         out[fin] = x[fin]
         active = active[~done]
