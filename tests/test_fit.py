@@ -125,10 +125,17 @@ def test_panels_split_by_step_keep_rate_and_dataset():
     b = synthetic(n=6.0, seeds=1, depths=range(10, 210, 10), keep_rate=0.98)
     c = a.assign(step=100)
     result = fit.fit_table(pd.concat([a, b, c]), n_boot=20, forms=["n*xi_c"])
-    assert result.fits["panel"].nunique() == 3
-    assert set(zip(result.fits["keep_rate"], result.fits["step"])) == {(1.0, 1000), (0.98, 1000), (1.0, 100)}
+    panels = result.fits[~result.fits["pooled"]]
+    assert panels["panel"].nunique() == 3
+    assert set(zip(panels["keep_rate"], panels["step"])) == {(1.0, 1000), (0.98, 1000), (1.0, 100)}
+    # one rule for all panels: the pooled fit gives the common n back
+    pooled = result.fits[result.fits["pooled"]].set_index("form")
+    assert pooled.loc["n*xi_c", "panel"] == fit.POOLED
+    assert abs(pooled.loc["n*xi_c", "n"] - 6.0) < 0.4
+    assert pooled.loc["n*xi_c", "n_low"] < pooled.loc["n*xi_c", "n"] < pooled.loc["n*xi_c", "n_high"]
+    assert "pooled fit" in result.summary
     last = fit.fit_table(pd.concat([a, c]), n_boot=0, forms=["n*xi_c"], step="last")
-    assert list(last.fits["step"]) == [1000]
+    assert list(last.fits.query("not pooled")["step"]) == [1000]
     at_init = a.assign(step=0, train_accuracy=0.1)  # step 0: the untrained network, no panel
     assert fit.fit_table(pd.concat([a, at_init]), n_boot=0, forms=["n*xi_c"]).fits["step"].tolist() == [1000]
     assert fit.fit_table(pd.concat([a, at_init]), n_boot=0, forms=["n*xi_c"], step="0").fits["step"].tolist() == [0]
@@ -191,7 +198,8 @@ def test_huang2019_heatmaps_go_through_the_same_fit(tmp_path):
     assert code == 0
     fits = pd.read_parquet(out)
     assert fits["family"].nunique() == 9
-    xi_c = fits[fits["form"] == "n*xi_c"].set_index("family")
+    xi_c = fits[(fits["form"] == "n*xi_c") & ~fits["pooled"]].set_index("family")
+    assert len(xi_c) == 9
     assert xi_c["n"].notna().all()
     assert (xi_c["n_low"] <= xi_c["n"]).all() and (xi_c["n"] <= xi_c["n_high"]).all()
     # the published heatmaps show a boundary that a multiple of ξ_c describes: the fitted

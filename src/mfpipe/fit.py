@@ -125,8 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chance accuracy (default 1/num_classes from the dataset or a "
                              "num_classes column)")
     parser.add_argument("--boundary", choices=("midpoint", "largest"), default="midpoint",
-                        help="boundary value fitted: midpoint of largest trainable and next "
-                             "untrainable depth (default) or the largest trainable depth")
+                        help="boundary value fitted: geometric midpoint of the largest trainable "
+                             "and the next untrainable depth (default) or the largest trainable depth")
     parser.add_argument("--forms", default=",".join(FORMS),
                         help=f"comma-separated forms to fit (default all: {', '.join(FORMS)})")
     parser.add_argument("--bootstrap", type=int, default=400, help="bootstrap replicates (default 400)")
@@ -361,6 +361,7 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     rows["depth"] = rows["depth"].astype(float)
     rng = np.random.default_rng(seed)
     fit_rows, boundary_frames, cell_frames, curve_frames = [], [], [], []
+    pooled_parts = []
     alpha = (1 - interval) / 2
     for panel_id, (key, panel) in enumerate(rows.groupby(group, dropna=False, sort=True)):
         key = key if isinstance(key, tuple) else (key,)
@@ -368,6 +369,7 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
         p = _Panel(panel, labels, _chance_for(panel, chance), kind, value, boundary)
         theta_boot = {}
         boot = p.bootstrap(rng, n_boot)
+        pooled_parts.append((p, boot))
         cells = p.cell_frame()
         bounds = p.boundary_frame()
         grid = np.linspace(p.sigma.min(), p.sigma.max(), CURVE_POINTS)
@@ -416,7 +418,15 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
         boundary_frames.append(bounds.assign(**labels, panel=panel_id))
         cell_frames.append(cells.assign(**labels, panel=panel_id))
     fits = pd.DataFrame(fit_rows)
+    if len(pooled_parts) > 1:
+        pooled = pd.DataFrame(_pooled_rows(pooled_parts, forms, group, alpha))
+        kinds = fits.dtypes
+        fits = pd.concat([fits, pooled], ignore_index=True)
+        for col, dtype in kinds.items():  # integers stay integers (nullable) despite pooled rows
+            if pd.api.types.is_integer_dtype(dtype):
+                fits[col] = fits[col].astype("Int64")
     fits["delta_aic"] = fits["aic"] - fits.groupby("panel")["aic"].transform("min")
+    fits["pooled"] = fits["panel"] == POOLED
     front = group + ["panel"]
     order = lambda f: f[front + [c for c in f.columns if c not in front]]  # noqa: E731
     boundaries = order(pd.concat(boundary_frames, ignore_index=True))
@@ -425,6 +435,54 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     fits = order(fits)
     return FitResult(fits, boundaries, cells, curves,
                      summarize(fits, group, threshold, accuracy, boundary, n_boot, interval))
+
+
+POOLED = -1  # the panel id of the fits pooled over all panels
+
+
+def _pooled_rows(parts, forms, group, alpha):
+    """One multiplier per proportional form for all panels together (is n universal?).
+
+    The pooled fit uses every panel's observed columns; its bootstrap concatenates the panels'
+    replicates (each panel resampled on its own), so the interval reflects every panel's noise.
+    """
+    rows = []
+    for form in forms:
+        form_kind, xi_name = FORMS[form]
+        if form_kind != "prop":
+            continue
+        values = np.concatenate([p.value for p, _ in parts])[None, :]
+        usable = np.concatenate([p.usable for p, _ in parts])[None, :]
+        xi = np.concatenate([p.xi[xi_name] for p, _ in parts])[None, :]
+        theta, m = _fit(form_kind, values, usable & np.isfinite(xi), xi)
+        theta = theta[0]
+        lo = hi = np.nan
+        boots = [b for _, b in parts]
+        if all(b is not None for b in boots):
+            bvals = np.concatenate([b[0] for b in boots], axis=1)
+            bmask = np.concatenate([b[1] for b in boots], axis=1)
+            bxi = np.concatenate([p.xi[xi_name][b[2]] for p, b in parts], axis=1)
+            tb = _fit(form_kind, bvals, bmask & np.isfinite(bxi), bxi)[0][:, 0]
+            tb = tb[np.isfinite(tb)]
+            if len(tb) >= 2:
+                lo, hi = np.quantile(tb, alpha), np.quantile(tb, 1 - alpha)
+        correct = tested = rss = 0.0
+        for p, _ in parts:
+            stats = p.scores(form_kind, theta, p.xi[xi_name], int(p.usable.sum()))
+            n_tested = int(p.tested.sum())
+            correct += stats["classification_accuracy"] * n_tested if n_tested else 0.0
+            tested += n_tested
+            if np.isfinite(stats["rmse_log"]):
+                rss += stats["rmse_log"] ** 2 * int(p.usable.sum())
+        count = int(m[0])
+        rows.append({"panel": POOLED, "form": form, "xi": xi_name,
+                     "kind": form_kind, "n": theta[0], "n_low": lo, "n_high": hi,
+                     "classification_accuracy": correct / tested if tested else np.nan,
+                     "rmse_log": math.sqrt(rss / count) if count else np.nan,
+                     "aic": count * math.log(max(rss / count, 1e-12)) + 2 if count > 1 else np.nan,
+                     "n_params": 1, "n_cells": int(tested), "n_columns": int(values.shape[1]),
+                     "n_observed": count})
+    return rows
 
 
 class _Panel:
@@ -485,7 +543,7 @@ class _Panel:
     def _value(self, lmax, lfail):
         if self.mode == "largest":
             return lmax
-        return np.where(np.isfinite(lfail), 0.5 * (lmax + lfail), lmax)
+        return np.where(np.isfinite(lfail), np.sqrt(lmax * lfail), lmax)  # log-space midpoint
 
     def bootstrap(self, rng, n_boot):
         """Boundary values resampling seeds and σ_w² columns: (values, usable, column index)."""
@@ -651,6 +709,16 @@ def _predict(form_kind: str, theta, xi):
 
 # ------------------------------------------------------------------------------- summary
 
+def _label(x) -> str:
+    from mfpipe.values import format_number
+
+    if isinstance(x, (bool, np.bool_)) or x is None or x is pd.NA:
+        return str(x)
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return format_number(x) if math.isfinite(x) else str(x)
+    return str(x)
+
+
 def _fmt(x, digits=3):
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -666,6 +734,8 @@ def _wins(fits: pd.DataFrame, column: str) -> pd.Series:
 
 
 def summarize(fits: pd.DataFrame, group: list[str], threshold, accuracy, boundary, n_boot, interval) -> str:
+    pooled = fits[fits["panel"] == POOLED]
+    fits = fits[fits["panel"] != POOLED]
     varying = [c for c in group if fits[c].nunique(dropna=False) > 1]
     lines = ["# Maximum trainable depth: fits of L_max = n·ξ and rival forms", "",
              f"Accuracy column `{accuracy}`; trainable iff accuracy ≥ threshold `{threshold}`; "
@@ -695,16 +765,30 @@ def summarize(fits: pd.DataFrame, group: list[str], threshold, accuracy, boundar
                   "| " + " | ".join(varying or ["panel"]) + " | form | n | interval | n (best classifier) | class. acc. | observed / above / none columns |",
                   "|" + "---|" * (len(varying or ["panel"]) + 6)]
         for _, r in prop.iterrows():
-            label = " | ".join(str(r[c]) for c in (varying or ["panel"]))
+            label = " | ".join(_label(r[c]) for c in (varying or ["panel"]))
             lines.append(f"| {label} | `{r.form}` | {_fmt(r.n)} | [{_fmt(r.n_low)}, {_fmt(r.n_high)}] | "
                          f"{_fmt(r.n_classifier)} | {_fmt(r.classification_accuracy)} | "
-                         f"{r.n_observed} / {r.n_censored_above} / {r.n_censored_none} |")
+                         f"{_label(r.n_observed)} / {_label(r.n_censored_above)} / {_label(r.n_censored_none)} |")
+        lines.append("")
+    if len(pooled):
+        lines += ["## One multiplier for all panels? (pooled fit)", "",
+                  f"Fitted on the observed columns of all {fits['panel'].nunique()} panels together; "
+                  "'panels excluding it' counts the panels whose own interval does not contain the "
+                  "pooled n (0 = consistent with one universal n).", "",
+                  "| form | pooled n | interval | class. acc. | per-panel n (min – max) | panels excluding it |",
+                  "|---|---|---|---|---|---|"]
+        for _, r in pooled.iterrows():
+            own = fits[fits["form"] == r.form]
+            excl = int(((own["n_low"] > r.n) | (own["n_high"] < r.n)).sum())
+            lines.append(f"| `{r.form}` | {_fmt(r.n)} | [{_fmt(r.n_low)}, {_fmt(r.n_high)}] | "
+                         f"{_fmt(r.classification_accuracy)} | {_fmt(own['n'].min())} – {_fmt(own['n'].max())} | "
+                         f"{excl} of {len(own)} |")
         lines.append("")
     lines += ["## All fits", "",
               "| " + " | ".join(varying or ["panel"]) + " | form | params | class. acc. | rmse(log L) | held-out | ΔAIC |",
               "|" + "---|" * (len(varying or ["panel"]) + 6)]
     for _, r in fits.iterrows():
-        label = " | ".join(str(r[c]) for c in (varying or ["panel"]))
+        label = " | ".join(_label(r[c]) for c in (varying or ["panel"]))
         params = f"n={_fmt(r.n)} [{_fmt(r.n_low)}, {_fmt(r.n_high)}]"
         if r.kind == "affine":
             params = f"a={_fmt(r.n)} [{_fmt(r.n_low)}, {_fmt(r.n_high)}], b={_fmt(r.b)} [{_fmt(r.b_low)}, {_fmt(r.b_high)}]"
