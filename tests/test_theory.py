@@ -283,3 +283,20 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     dt, torch, pandas = out.stdout.split()
     assert torch == "False" and pandas == "False"
+
+
+def test_chebyshev_tables_match_direct_rules():
+    """Interpolated moments and Hermite coefficients equal the direct trapezoid rules."""
+    from mfpipe.theory import quadrature as Q
+
+    act = ACTIVATIONS["tanh"]
+    rng = np.random.default_rng(3)
+    q = np.exp(rng.uniform(np.log(2.0 ** -10), np.log(2.0 ** 6), 40))
+    np.testing.assert_allclose(Q.moments(act, q, "quadrature"), Q.moments(act, q, "direct"),
+                               rtol=1e-13, atol=1e-16)
+    for key in np.unique(Q._octave(q)):
+        sel = q[Q._octave(q) == key]
+        table = Q._signed_coefficients(act, sel, int(key))
+        q_max = 2.0 ** (key + 1)
+        direct, _ = Q._hermite_coefficients(act, sel, Q._order(q_max), Q._step(q_max))
+        np.testing.assert_allclose(table, direct.T, rtol=0, atol=1e-14)

@@ -56,7 +56,8 @@ class Activation:
 
 # ---------------------------------------------------------------- tanh
 def _tanh_d1(u):
-    return 1.0 / np.square(np.cosh(u))
+    e = np.exp(-2.0 * np.abs(u))  # sech² u = 4 e^{-2|u|} / (1 + e^{-2|u|})², no overflow
+    return 4.0 * e / np.square(1.0 + e)
 
 
 def _tanh_d2(u):

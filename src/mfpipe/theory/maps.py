@@ -210,13 +210,17 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
     cg[zero_fixed] = 0.0
     todo = np.flatnonzero(~ordered & ~zero_fixed)
     if todo.size:
-        def fun(x, idx):
+        def fun(x, idx, max_order=None):
             pi = todo[idx]
-            a, da = pairs.evaluate(x, pi, want=("A", "dA"))
+            a, da = pairs.evaluate(x, pi, want=("A", "dA"), max_order=max_order)
             return scale[pi] * a + offset[pi] - x, scale[pi] * da - 1.0
-        # σ_b² = 0 with an unstable c = 0: start inside, away from it
-        cg[todo] = bracketed_newton(fun, np.zeros(todo.size), np.ones(todo.size),
-                                    x0=np.full(todo.size, 0.5), maxiter=100)
+        zeros, ones = np.zeros(todo.size), np.ones(todo.size)
+        # σ_b² = 0 with an unstable c = 0: start inside, away from it.  First approach with the
+        # first 16 odd orders (+ remainder, exact at c = 1), then polish with the full series.
+        x0 = bracketed_newton(lambda x, i: fun(x, i, 16), zeros, ones, x0=np.full(todo.size, 0.5),
+                              xtol=1e-7, rtol=1e-7, maxiter=100)
+        x0 = np.where(np.isfinite(x0), x0, 0.5)
+        cg[todo] = bracketed_newton(fun, zeros, ones, x0=x0, maxiter=100)
     (b,) = pairs.evaluate(cg, np.arange(gen.size), want=("B",))
     chi = scale * qg * b
     chi = np.where(ordered, chi1[gen], chi)

@@ -163,7 +163,7 @@ def _step(q_max: float) -> float:
 # coefficients are analytic in s for s > 0, so degree 20 interpolates them to ~1e-15 (checked
 # in tests against the direct rules).  Points outside the tabulated octaves use the direct rules.
 TABLE_OCTAVES = (-10, 5)  # q ∈ [2^-10, 2^6)
-CHEB_DEGREE = 20
+CHEB_DEGREE = 16
 
 
 def _cheb_nodes():
@@ -284,17 +284,27 @@ class _Series:
         # suffix[m] = Σ_{m' ≥ m} max over points coef_m'  (bounds every point's remainder)
         self.suffix = np.flip(np.cumsum(np.flip(coef.max(axis=1)))) + max(float(np.max(np.abs(tail), initial=0)), 0)
 
-    def value_and_slope(self, x: np.ndarray, rows: np.ndarray):
+    def value_and_slope(self, x: np.ndarray, rows: np.ndarray, max_order: int | None = None):
+        """Value and d/dx at x for the points ``rows``.
+
+        ``max_order``: keep only that many orders and move the rest of the series into the tail
+        (still exact at x = 1): a cheap approximation for the first Newton steps.
+        """
         x_max = float(np.max(np.abs(x))) if x.size else 0.0
         n_orders = self.coef.shape[0]
+        whole = rows.size == self.coef.shape[1]
+        tail = self.tail if whole else self.tail[rows]
+        if max_order is not None and max_order < n_orders:
+            rest = self._rest(max_order)
+            tail = tail + (rest if whole else rest[rows])
+            n_orders = max_order
         order = n_orders
         if x_max < 1.0:
             with np.errstate(divide="ignore", under="ignore"):
-                bound = self.suffix * np.exp(np.arange(n_orders) * math.log(max(x_max, 1e-300)))
+                bound = self.suffix[:n_orders] * np.exp(np.arange(n_orders) * math.log(max(x_max, 1e-300)))
             small = np.flatnonzero(bound < 1e-18)
             if small.size:
                 order = max(int(small[0]), 1)
-        whole = rows.size == self.coef.shape[1]
         coef = self.coef[:order] if whole else self.coef[:order, rows]
         val = np.zeros_like(x)
         der = np.zeros_like(x)
@@ -304,12 +314,15 @@ class _Series:
             val *= x
             val += coef[m]
         if order == n_orders:
-            tail = self.tail if whole else self.tail[rows]
             with np.errstate(under="ignore"):
                 xm1 = x ** (n_orders - 1)
             val += tail * xm1 * x
             der += n_orders * tail * xm1
         return val, der
+
+    @functools.lru_cache(maxsize=4)
+    def _rest(self, max_order: int) -> np.ndarray:
+        return self.coef[max_order:].sum(axis=0)
 
 
 class PairIntegrals:
@@ -361,7 +374,7 @@ class PairIntegrals:
             tail_b = m1[members] - beta.sum(axis=0)
             self.series[key] = (_Series(alpha, tail_a), _Series(beta, tail_b))
 
-    def _mehler_eval(self, c, idx, want):
+    def _mehler_eval(self, c, idx, want, max_order=None):
         c = np.asarray(c, dtype=float)
         out = [np.empty_like(c) for _ in want]
         buckets = self.bucket[idx]
@@ -377,7 +390,7 @@ class PairIntegrals:
                     out[i][sel] = d if name == "dA" else v
                 continue
             x = cs * cs
-            va, da = ser_a.value_and_slope(x, rows)
+            va, da = ser_a.value_and_slope(x, rows, max_order)
             for i, name in enumerate(want):
                 if name == "A":  # A = c Σ α_{2m+1} x^m
                     out[i][sel] = cs * va
@@ -388,13 +401,17 @@ class PairIntegrals:
         return out
 
     # ---------------------------------------------------------- public evaluation
-    def evaluate(self, c, idx=None, want=("A", "dA", "B")):
-        """Arrays for the requested quantities at correlations c (for points idx)."""
+    def evaluate(self, c, idx=None, want=("A", "dA", "B"), max_order=None):
+        """Arrays for the requested quantities at correlations c (for points idx).
+
+        ``max_order`` (Mehler series of odd φ only): a truncated series, exact at c = ±1, for a
+        cheap first approach to a fixed point; None (default) for the full accuracy.
+        """
         idx = np.arange(self.q.size) if idx is None else np.asarray(idx)
         c = np.asarray(c, dtype=float)
         q = self.q[idx]
         if self.kind == "mehler":
-            return self._mehler_eval(c, idx, want)
+            return self._mehler_eval(c, idx, want, max_order if self.odd else None)
         if self.kind == "closed":
             a, b = self.act.closed_pair(q, c)
         else:
