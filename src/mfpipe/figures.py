@@ -572,13 +572,13 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
             fr = fits[(fits["panel"] == p) & (fits["form"] == form)].iloc[0]
             ax.plot(fc["sigma_w2"], np.clip(fc["depth_pred"], 0, top), color=FORM_COLOR.get(form, "w"),
                     lw=1.6, label=f"{FORM_LABEL.get(form, form).replace('n', _num(round(fr['n'], 2)), 1) if fr['kind'] == 'prop' else FORM_LABEL.get(form, form)}")
-        for mult, xi in refs:
+        for (mult, xi), ls in zip(refs, REFERENCE_STYLES):
             src = cv[cv["form"].map(lambda f: f in FORMS_BY_XI.get(xi, ()))]
             if src.empty:
                 continue
             src = src[src["form"] == src["form"].iloc[0]]
-            ax.plot(src["sigma_w2"], np.clip(mult * src["xi"], 0, top), color="white", lw=1.1, ls=":",
-                    label=f"{_num(mult)}" + SYM[xi])
+            ax.plot(src["sigma_w2"], np.clip(mult * src["xi"], 0, top), color="white", lw=1.1, ls=ls,
+                    label=f"{_num(mult)}" + SYM[xi] + " (published)")
         b = boundaries[boundaries["panel"] == p]
         obs = b[b["censored"] == "observed"]
         ax.plot(obs["sigma_w2"], obs["boundary"], "o", ms=2.5, color="white", mec="black", mew=0.4)
@@ -591,10 +591,11 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
         ax.legend(loc="upper right", fontsize=7, labelcolor="white", handlelength=1.5)
     fig.colorbar(mesh, ax=axes, label="training accuracy", shrink=0.8)
     fig.suptitle("Trainability: accuracy over (" + SYM["sigma_w2"] + ", L); lines: fitted rules, "
-                 "dotted: published rules, dots: boundary", fontsize=10)
+                 "white: published rules, dots: boundary", fontsize=10)
     return fig
 
 
+REFERENCE_STYLES = (":", "--", "-.", (0, (1, 3)), (0, (5, 1)))
 FORMS_BY_XI = {"xi_c": ("n*xi_c", "a*xi_c+b", "a*xi_c^beta"), "xi_1": ("n*xi_1",), "xi_min": ("n*min(xi_c,xi_1)",)}
 
 

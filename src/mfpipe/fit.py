@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(result.summary)
     print(result.summary)
     print(f"mfpipe fit: {len(frame)} rows -> {len(result.cells)} (σ_w², depth) cells in "
-          f"{result.fits['panel'].nunique()} panels, "
+          f"{result.fits.loc[~result.fits['pooled'], 'panel'].nunique()} panels, "
           f"{len(result.fits)} fits -> {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
 
