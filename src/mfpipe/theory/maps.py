@@ -179,12 +179,13 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
         if act.name == "relu":  # c' = 2κ(c)/μ2
             scale = 2.0 / mu2[fi]
             fun = lambda x, idx: (scale[idx] * relu_kappa(x) - x, scale[idx] * relu_kappa_prime(x) - 1.0)
-            c = np.where(noiseless[fi], 1.0, bracketed_newton(fun, np.zeros(fi.size), np.ones(fi.size),
-                                                               x0=np.full(fi.size, 0.5)))
+            # bias and additive noise vanish from this limit: c = 1 is fixed iff μ2 = 1
+            c = np.where(mu2[fi] == 1.0, 1.0, bracketed_newton(fun, np.zeros(fi.size), np.ones(fi.size),
+                                                                x0=np.full(fi.size, 0.5)))
             c_star[fi] = c
             chi_c[fi] = scale * relu_kappa_prime(c)
         else:  # linear: c' = c/μ2
-            c_star[fi] = np.where(noiseless[fi], np.nan, 0.0)
+            c_star[fi] = np.where(mu2[fi] == 1.0, np.nan, 0.0)
             chi_c[fi] = 1.0 / mu2[fi]
 
     # finite q* > 0; in the ordered phase without noise c* = 1 and χ_c = χ1 (no series needed)

@@ -350,6 +350,7 @@ class PairIntegrals:
             self._build_mehler(np.asarray(m0, float).ravel(), np.asarray(m1, float).ravel())
         elif self.kind == "hard_tanh":
             self.m0, self.m1 = moments(act, self.q)[:2]
+            self._approx = None
 
     # ---------------------------------------------------------- Mehler construction
     def _build_mehler(self, m0, m1):
@@ -414,6 +415,12 @@ class PairIntegrals:
             return self._mehler_eval(c, idx, want, max_order if self.odd else None)
         if self.kind == "closed":
             a, b = self.act.closed_pair(q, c)
+        elif max_order is not None:  # hard_tanh: closed-form Hermite coefficients, 256 odd orders
+            if self._approx is None:
+                alpha = hard_tanh_alpha(self.q, HARD_TANH_APPROX_ORDERS)
+                self._approx = _Series(alpha, self.m0 - alpha.sum(axis=0))
+            va, da = self._approx.value_and_slope(c * c, idx)
+            a, b = c * va, (va + 2.0 * c * c * da) / q
         else:
             a, b = hard_tanh_pair(q, c, self.m0[idx], self.m1[idx])
         a, b = np.broadcast_to(a, c.shape), np.broadcast_to(b, c.shape)
@@ -436,7 +443,32 @@ def _clip_mean(mu, s):
     return (1.0 - p_hi) - p_lo + mu * (p_hi - p_lo) + s * (_normal_pdf(alpha) - _normal_pdf(beta))
 
 
-def hard_tanh_pair(q, c, m0=None, m1=None, m: int = 48):
+HARD_TANH_APPROX_ORDERS = 256
+
+
+def hard_tanh_alpha(q, n_odd: int) -> np.ndarray:
+    """Squared odd Hermite coefficients α_k of hard_tanh(√q z), k = 1, 3, …, 2·n_odd − 1 (rows).
+
+    Integrating by parts, a_k √k! = √q ∫_{−a}^{a} He_{k−1} ϕ = −2 √q He_{k−2}(a) ϕ(a) (a = 1/√q),
+    so α_1 = q (2Φ(a) − 1)² and α_k = 4 q ϕ(a) g_{k−2}(a)² / (k (k−1)) with the normalised Hermite
+    functions g_m = He_m √ϕ / √m!.  They decay only like k^(−5/2) (kinks): used truncated, as a
+    cheap first approach to c*.
+    """
+    q = np.asarray(q, dtype=float)
+    a = 1.0 / np.sqrt(q)
+    pdf = _normal_pdf(a)
+    out = np.empty((n_odd, q.size))
+    out[0] = q * np.square(special.erf(a / math.sqrt(2.0)))
+    g_prev, g = np.zeros_like(a), np.sqrt(pdf)
+    for m in range(0, 2 * n_odd - 2):
+        if m % 2 == 1:  # k = m + 2 odd
+            k = m + 2
+            out[(k - 1) // 2] = 4.0 * q * pdf * np.square(g) / (k * (k - 1.0))
+        g_prev, g = g, (a * g - math.sqrt(m) * g_prev) / math.sqrt(m + 1.0)
+    return out
+
+
+def hard_tanh_pair(q, c, m0=None, m1=None, m: int = 32):
     """A, B for hard_tanh via E_{u1}[φ(u1) E(φ(u2)|u1)] on Gauss–Legendre panels split at the kinks.
 
     B = P(|u1| < 1, |u2| < 1).  At |c| = 1 the closed one-input moments are used.
@@ -456,16 +488,18 @@ def hard_tanh_pair(q, c, m0=None, m1=None, m: int = 48):
     sq = np.sqrt(q)
     s = sq * np.sqrt(1.0 - cc * cc)  # conditional std of u2 given u1
     u_end = Z_MAX * sq
-    inv_c = np.where(cc > 0, 1.0 / np.maximum(cc, 1e-300), np.inf)
+    inv_c = np.where(cc > 0, 1.0 / np.maximum(cc, 1e-300), u_end)
     b1 = np.minimum(1.0, u_end)
-    b2 = np.clip(inv_c, b1, u_end)
-    breaks = np.stack([np.zeros_like(q), b1, b2, u_end], axis=1)
+    # E(φ(u2)|u1) switches over a width s/c around u1 = 1/c: resolve it with its own panels
+    width = np.where(cc > 0, 10.0 * s * inv_c, 0.0)
+    breaks = np.sort(np.stack([np.zeros_like(q), b1, np.clip(inv_c - width, 0, u_end),
+                               np.clip(inv_c, 0, u_end), np.clip(inv_c + width, 0, u_end), u_end], axis=1), axis=1)
     u, w = _panel_rule(breaks, m)
     dens = w * _normal_pdf(u / sq[:, None]) / sq[:, None]
     cond = _clip_mean(cc[:, None] * u, s[:, None])
     a = 2.0 * np.sum(dens * np.clip(u, -1.0, 1.0) * cond, axis=1)
     # B: u1 ∈ (−1, 1): P(|u2| < 1 | u1) = Φ((1 − c u1)/s) − Φ((−1 − c u1)/s); even in u1
-    ub, wb = _panel_rule(np.stack([np.zeros_like(q), b1], axis=1), 2 * m)
+    ub, wb = _panel_rule(np.stack([np.zeros_like(q), np.clip(b1 - width, 0, b1), b1], axis=1), m)
     densb = wb * _normal_pdf(ub / sq[:, None]) / sq[:, None]
     p = _norm_cdf((1.0 - cc[:, None] * ub) / s[:, None]) - _norm_cdf((-1.0 - cc[:, None] * ub) / s[:, None])
     b = 2.0 * np.sum(densb * p, axis=1)
