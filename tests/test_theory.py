@@ -300,3 +300,31 @@ def test_chebyshev_tables_match_direct_rules():
         q_max = 2.0 ** (key + 1)
         direct, _ = Q._hermite_coefficients(act, sel, Q._order(q_max), Q._step(q_max))
         np.testing.assert_allclose(table, direct.T, rtol=0, atol=1e-14)
+
+
+def test_hard_tanh_closed_form_hermite_coefficients_match_quadrature():
+    from mfpipe.theory.quadrature import _panel_coefficients, hard_tanh_alpha
+
+    q = np.array([0.05, 0.5, 2.0, 10.0])
+    alpha = hard_tanh_alpha(q, 40)
+    panel, _ = _panel_coefficients(ACTIVATIONS["hard_tanh"], q, 79)
+    np.testing.assert_allclose(alpha, panel.T[1::2], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(panel.T[0::2], 0, atol=1e-15)  # odd φ: no even orders
+
+
+@pytest.mark.parametrize("c", [0.5, 0.99, 0.9999, 0.999999])
+def test_hard_tanh_pair_consistent_with_price_near_c_1(c):
+    """A(1) − A(c) = q ∫_c^1 B(t) dt, with B integrated by adaptive quad, up to c → 1."""
+    from mfpipe.theory.quadrature import hard_tanh_pair
+
+    for q in (0.3, 3.0):
+        a_c = float(hard_tanh_pair(np.array([q]), np.array([c]))[0][0])
+        a_1 = float(hard_tanh_pair(np.array([q]), np.array([1.0]))[0][0])
+        b_int = integrate.quad(lambda t: float(hard_tanh_pair(np.array([q]), np.array([t]))[1][0]), c, 1,
+                               epsabs=1e-15, epsrel=1e-12, limit=200)[0]
+        assert a_1 - a_c == pytest.approx(q * b_int, rel=1e-8, abs=1e-15)
+
+
+def test_unbounded_relu_limit_ignores_bias_and_additive_noise():
+    r = depth_scales("relu", 2.0, 0.1, noise="additive", noise_var=0.2)
+    assert np.isinf(r["q_star"]) and float(r["c_star"]) == 1.0 and float(r["chi_c"]) == 1.0
