@@ -88,6 +88,29 @@ def test_param_specs_are_machine_readable(capsys):
     assert json.loads(capsys.readouterr().out)["optimizer"]["allowed"] == ["sgd", "rmsprop", "adam"]
 
 
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_optimizers_follow_torch_optim(name):
+    import torch
+
+    from mfpipe.train import Optimizer
+
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True), torch.randn(4, dtype=torch.float64, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    opt_ours = Optimizer(name, ours, 0.01)
+    opt_theirs = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.01),
+                  "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, eps=1e-10),
+                  "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[name](theirs)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    for _ in range(6):
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            (torch.tanh(x @ params[0].T + params[0].sum()) * params[1].sum()).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- running
 
 def test_rows_per_checkpoint_with_parameters_and_provenance(tmp_path):

@@ -22,8 +22,9 @@ Every row also carries all cell parameters (``checkpoints`` as comma text), ``ce
 (mfpipe version, git commit, torch version, device, threads, host, start time, total
 ``wall_time_s``) and the time split ``data_time_s``, ``train_time_s``, ``eval_time_s``.
 
-Optimizers: ``sgd`` (plain, no momentum), ``rmsprop`` (alpha = 0.9 as TensorFlow's decay,
-eps = 1e-10), ``adam`` (torch defaults).  Loss: mean cross-entropy.  Minibatches: epochs of a
+Optimizers (``Optimizer``: torch's update rules on foreach kernels, without importing
+torch.optim): ``sgd`` (plain, no momentum), ``rmsprop`` (alpha = 0.9 as TensorFlow's decay,
+eps = 1e-10), ``adam`` (torch's defaults).  Loss: mean cross-entropy.  Minibatches: epochs of a
 seeded random permutation of the training split.  Same seed, same device and thread count →
 identical results on the CPU.
 """
@@ -61,14 +62,58 @@ def _device_data(dataset: str, data_dir: str | None, preprocess: str, eval_size:
     }
 
 
-def make_optimizer(name: str, parameters, lr: float):
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr, alpha=0.9, eps=1e-10)
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr)
-    raise KeyError(name)
+class Optimizer:
+    """SGD / RMSProp / Adam on a list of tensors with torch's foreach kernels.
+
+    Written here rather than taken from ``torch.optim`` because constructing a ``torch.optim``
+    optimizer imports ``torch._dynamo`` (1–2.5 s per process), a large share of a short cell.
+    Update rules are torch's (``tests/test_train.py`` checks them against ``torch.optim``):
+    sgd ``p -= lr·g``; rmsprop (alpha = 0.9, eps = 1e-10) ``v = αv + (1−α)g²,
+    p -= lr·g/(√v + eps)``; adam (β = 0.9, 0.999, eps = 1e-8) with bias correction.
+    """
+
+    def __init__(self, name: str, params, lr: float, *, alpha: float = 0.9, rms_eps: float = 1e-10,
+                 betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8):
+        if name not in ("sgd", "rmsprop", "adam"):
+            raise KeyError(name)
+        self.name, self.params, self.lr = name, list(params), float(lr)
+        self.alpha, self.rms_eps, self.betas, self.adam_eps = alpha, rms_eps, betas, adam_eps
+        self.t = 0
+        zeros = lambda: [torch.zeros_like(p) for p in self.params]  # noqa: E731
+        self.square_avg = zeros() if name in ("rmsprop", "adam") else None
+        self.exp_avg = zeros() if name == "adam" else None
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params]
+        self.t += 1
+        if self.name == "sgd":
+            torch._foreach_add_(params, grads, alpha=-self.lr)
+        elif self.name == "rmsprop":
+            torch._foreach_mul_(self.square_avg, self.alpha)
+            torch._foreach_addcmul_(self.square_avg, grads, grads, value=1 - self.alpha)
+            denom = torch._foreach_sqrt(self.square_avg)
+            torch._foreach_add_(denom, self.rms_eps)
+            torch._foreach_addcdiv_(params, grads, denom, value=-self.lr)
+        else:
+            beta1, beta2 = self.betas
+            torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)
+            torch._foreach_mul_(self.square_avg, beta2)
+            torch._foreach_addcmul_(self.square_avg, grads, grads, value=1 - beta2)
+            bias1, bias2 = 1 - beta1 ** self.t, 1 - beta2 ** self.t
+            denom = torch._foreach_sqrt(self.square_avg)
+            torch._foreach_div_(denom, math.sqrt(bias2))
+            torch._foreach_add_(denom, self.adam_eps)
+            torch._foreach_addcdiv_(params, self.exp_avg, denom, value=-self.lr / bias1)
+
+
+def make_optimizer(name: str, parameters, lr: float) -> Optimizer:
+    return Optimizer(name, parameters, lr)
 
 
 @torch.no_grad()
@@ -140,7 +185,7 @@ def run_train_cell(params: dict, output=None, *, device: str = "auto", data_dir=
             xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
             logits = net(xb)
             loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
