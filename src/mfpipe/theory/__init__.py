@@ -12,7 +12,7 @@ Public API (all vectorised over broadcastable σ_w², σ_b², ρ, noise-variance
 Activations: tanh, relu, erf, linear, hard_tanh.  Noise: dropout (keep_rate ρ, μ2 = 1/ρ),
 gaussian (multiplicative N(1, noise_var), μ2 = 1 + noise_var), additive (variance noise_var on
 the activations), none.  Equations and conventions: docs THEORY.md §2–3; meaning of inf/nan:
-``mfpipe.theory.maps``.  Importing this package loads numpy and scipy.special only.
+``mfpipe.theory.maps``.  Importing this package loads numpy only (scipy.special on first use of erf/hard_tanh).
 """
 
 from mfpipe.theory.activations import ACTIVATIONS, get_activation

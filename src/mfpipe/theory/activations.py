@@ -19,12 +19,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import special
-
 from mfpipe.errors import InputError
 
 SQRT2 = math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def erf(x):
+    """Error function (scipy.special, imported on first use: `import mfpipe.theory` stays light)."""
+    from scipy.special import erf as _erf
+
+    return _erf(x)
 
 
 def _std_normal_pdf(x):
@@ -169,7 +174,7 @@ def _hard_tanh_moments(q):
     q = np.asarray(q, dtype=float)
     with np.errstate(divide="ignore"):
         a = 1.0 / np.sqrt(q)  # the kinks at u = ±1 in units of the standard deviation
-    p_in = special.erf(a / SQRT2)  # P(|u| < 1)
+    p_in = erf(a / SQRT2)  # P(|u| < 1)
     pdf = _std_normal_pdf(a)
     with np.errstate(invalid="ignore"):
         apdf = np.where(np.isfinite(a), a * pdf, 0.0)
@@ -183,7 +188,7 @@ def _hard_tanh_moments(q):
 ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation("tanh", np.tanh, _tanh_d1, _tanh_d2, _tanh_d3, odd=True, bounded=True,
                        homogeneous=False, kinks=(), slope0=1.0),
-    "erf": Activation("erf", special.erf, _erf_d1, _erf_d2, _erf_d3, odd=True, bounded=True,
+    "erf": Activation("erf", erf, _erf_d1, _erf_d2, _erf_d3, odd=True, bounded=True,
                       homogeneous=False, kinks=(), slope0=_TWO_OVER_SQRT_PI,
                       closed_moments=_erf_moments, closed_pair=_erf_pair),
     "relu": Activation("relu", _relu, _relu_d1, _zero, _zero, odd=False, bounded=False,
