@@ -560,30 +560,39 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
         c = cells[cells["panel"] == p]
         grid = c.pivot_table(index="depth", columns="sigma_w2", values="accuracy")
         w, d = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+        log_depth = _is_geometric(d)
+        w_edges, d_edges = _edges(w, log=False), _edges(d, log=log_depth)
         lo = float(chance.get(p, 0.1)) if chance is not None else float(np.nanmin(grid.values))
-        mesh = ax.pcolormesh(w, d, grid.to_numpy(float), shading="nearest", cmap="viridis",
+        mesh = ax.pcolormesh(w_edges, d_edges, grid.to_numpy(float), shading="flat", cmap="viridis",
                              vmin=lo, vmax=max(np.nanmax(grid.values), lo + 1e-3))
+        if log_depth:
+            ax.set_yscale("log")
         cv = curves[curves["panel"] == p]
-        top = d.max() * 1.02
+        top = d_edges[-1]
         for form in forms:
             fc = cv[cv["form"] == form]
             if fc.empty:
                 continue
             fr = fits[(fits["panel"] == p) & (fits["form"] == form)].iloc[0]
-            ax.plot(fc["sigma_w2"], np.clip(fc["depth_pred"], 0, top), color=FORM_COLOR.get(form, "w"),
-                    lw=1.6, label=f"{FORM_LABEL.get(form, form).replace('n', _num(round(fr['n'], 2)), 1) if fr['kind'] == 'prop' else FORM_LABEL.get(form, form)}")
+            if not np.isfinite(fr["n"]):
+                continue  # no observed boundary in this panel: nothing was fitted
+            label = FORM_LABEL.get(form, form)
+            if fr["kind"] == "prop":
+                label = label.replace("n", _num(round(float(fr["n"]), 2)), 1)
+            ax.plot(fc["sigma_w2"], np.clip(fc["depth_pred"], d_edges[0], top), color=FORM_COLOR.get(form, "w"),
+                    lw=1.6, label=label)
         for (mult, xi), ls in zip(refs, REFERENCE_STYLES):
             src = cv[cv["form"].map(lambda f: f in FORMS_BY_XI.get(xi, ()))]
             if src.empty:
                 continue
             src = src[src["form"] == src["form"].iloc[0]]
-            ax.plot(src["sigma_w2"], np.clip(mult * src["xi"], 0, top), color="white", lw=1.1, ls=ls,
+            ax.plot(src["sigma_w2"], np.clip(mult * src["xi"], d_edges[0], top), color="white", lw=1.1, ls=ls,
                     label=f"{_num(mult)}" + SYM[xi] + " (published)")
         b = boundaries[boundaries["panel"] == p]
         obs = b[b["censored"] == "observed"]
         ax.plot(obs["sigma_w2"], obs["boundary"], "o", ms=2.5, color="white", mec="black", mew=0.4)
-        ax.set_ylim(d.min() - (d[1] - d[0] if len(d) > 1 else 1) / 2, top)
-        ax.set_xlim(w.min() - 0.05, w.max() + 0.05)
+        ax.set_ylim(d_edges[0], top)
+        ax.set_xlim(w_edges[0], w_edges[-1])
         ax.set_title(_panel_title(row, varying), fontsize=9)
         ax.set_xlabel(SYM["sigma_w2"])
         ax.set_ylabel(SYM["depth"])
@@ -593,6 +602,27 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
     fig.suptitle("Trainability: accuracy over (" + SYM["sigma_w2"] + ", L); lines: fitted rules, "
                  "white: published rules, dots: boundary", fontsize=10)
     return fig
+
+
+def _is_geometric(values) -> bool:
+    """Whether grid values are spaced evenly in log rather than linearly (depths 4, 8, …, 128)."""
+    values = np.asarray(values, float)
+    if len(values) < 3 or values.min() <= 0:
+        return False
+    lin, geo = np.diff(values), np.diff(np.log(values))
+    return bool(np.ptp(geo) / geo.mean() < np.ptp(lin) / lin.mean())
+
+
+def _edges(values, log=False):
+    """Cell edges around grid values (midpoints, geometric on a log axis), also for uneven grids."""
+    v = np.log(values) if log else np.asarray(values, float)
+    if len(v) == 1:
+        inner, step = np.array([]), 1.0 if not log else 0.5
+        out = np.array([v[0] - step / 2, v[0] + step / 2])
+    else:
+        inner = (v[1:] + v[:-1]) / 2
+        out = np.concatenate([[v[0] - (inner[0] - v[0])], inner, [v[-1] + (v[-1] - inner[-1])]])
+    return np.exp(out) if log else out
 
 
 REFERENCE_STYLES = (":", "--", "-.", (0, (1, 3)), (0, (5, 1)))

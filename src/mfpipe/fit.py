@@ -574,6 +574,9 @@ class _Panel:
         tpr = (predicted & actual & tested).sum() / pos if pos else np.nan
         tnr = (~predicted & ~actual & tested).sum() / neg if neg else np.nan
         k = N_PARAMS[form_kind]
+        if not np.isfinite(theta[:k]).all():  # nothing to fit (no observed column): no rule to score
+            correct[:] = False
+            n_tested = pos = neg = 0
         usable = self.usable & np.isfinite(xi) & (xi > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             resid = np.log(self.value[usable]) - np.log(np.maximum(pred_boundary[usable], 1e-300))
@@ -622,7 +625,9 @@ class _Panel:
         lo = r[j - 1] if j > 0 else r[0] / 2
         hi = r[j] if j < len(r) else r[-1] * 2
         total = len(ratio) + int(((~np.isfinite(x)) | (x <= 0)).sum())
-        return dict(n_classifier=float(math.sqrt(lo * hi)),
+        # the best n lies beyond every cell (all trainable, or none): only a bound, no estimate
+        bounded = 0 < j < len(r)
+        return dict(n_classifier=float(math.sqrt(lo * hi)) if bounded else np.nan,
                     classifier_accuracy=float((correct[j] + always.sum()) / total))
 
     def cell_frame(self):
