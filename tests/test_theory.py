@@ -328,3 +328,30 @@ def test_hard_tanh_pair_consistent_with_price_near_c_1(c):
 def test_unbounded_relu_limit_ignores_bias_and_additive_noise():
     r = depth_scales("relu", 2.0, 0.1, noise="additive", noise_var=0.2)
     assert np.isinf(r["q_star"]) and float(r["c_star"]) == 1.0 and float(r["chi_c"]) == 1.0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "erf", "hard_tanh", "relu", "linear"])
+@pytest.mark.parametrize("noise", ["dropout", "gaussian", "additive"])
+def test_random_grid_fixed_points_are_fixed(activation, noise):
+    """Over a wide random grid: no warnings, and q*, c* are fixed points of the maps."""
+    rng = np.random.default_rng(7)
+    n = 300
+    sw = np.exp(rng.uniform(np.log(0.2), np.log(8.0), n))
+    sb = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(0, 1.0, n))
+    kw = {"keep_rate": rng.uniform(0.3, 1.0, n)} if noise == "dropout" else {
+        "noise": noise, "noise_var": rng.uniform(0, 0.5, n)}
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = depth_scales(activation, sw, sb, **kw)
+    q, c = r["q_star"], r["c_star"]
+    fin = np.isfinite(q) & (q > 0)
+    q1 = iterate_q(activation, sw, sb, np.where(fin, q, 1.0), 1, **kw)[1]
+    np.testing.assert_allclose(q1[fin], q[fin], rtol=1e-10)
+    cfin = fin & np.isfinite(c)
+    c1 = iterate_c(activation, sw, sb, np.where(np.isfinite(c), c, 0.5), 1, **kw)[1]
+    np.testing.assert_allclose(c1[cfin], c[cfin], rtol=1e-9, atol=1e-12)
+    assert np.all((c[np.isfinite(c)] >= 0) & (c[np.isfinite(c)] <= 1))
+    assert np.all(np.isfinite(r["chi_1"]))
