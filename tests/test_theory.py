@@ -355,3 +355,11 @@ def test_random_grid_fixed_points_are_fixed(activation, noise):
     np.testing.assert_allclose(c1[cfin], c[cfin], rtol=1e-9, atol=1e-12)
     assert np.all((c[np.isfinite(c)] >= 0) & (c[np.isfinite(c)] <= 1))
     assert np.all(np.isfinite(r["chi_1"]))
+
+
+def test_relu_without_bias_uses_scale_free_map_on_both_sides_of_2rho():
+    rho = 0.9
+    r = depth_scales("relu", [2 * rho * (1 - 1e-12), 2 * rho, 2 * rho * (1 + 1e-12), 1.0], 0.0, rho)
+    assert np.isnan(r["q_star"][1]) and r["q_star"][0] == 0 and np.isinf(r["q_star"][2])
+    np.testing.assert_allclose(r["c_star"], r["c_star"][1], rtol=1e-12)  # q-independent map
+    np.testing.assert_allclose(r["xi_c"], r["xi_c"][1], rtol=1e-12)

@@ -21,9 +21,10 @@ Meaning of non-finite results (never a hang):
   c' = 2κ(c)/μ2, linear c' = c/μ2.
 - ``q_star = nan``: every q is a fixed point (relu/linear exactly at χ1 = 1 with zero offset);
   the correlation quantities are those of the same scale-free map.
-- ``q_star = 0``: bounded φ without bias and additive noise in the ordered phase: q^l → 0 and
-  correlations follow the linearised map c' = c/μ2 (c* = 0, χ_c = 1/μ2; without noise every c
-  is fixed: c* = nan, χ_c = 1, ξ_c = inf).
+- ``q_star = 0``: no bias and no additive noise in the ordered phase: q^l → 0.  Bounded φ
+  (tanh, erf, hard_tanh): correlations follow the linearised map c' = c/μ2 (c* = 0,
+  χ_c = 1/μ2; without noise every c is fixed: c* = nan, χ_c = 1, ξ_c = inf).  relu/linear:
+  the scale-free maps above.
 - ``c_star = 1`` exactly in the ordered phase without noise (χ1 ≤ 1, μ2 = 1, ν = 0), where
   χ_c = χ1; with noise c = 1 is not a fixed point and c* < 1 (THEORY.md §2).
 - ξ = −1/ln(slope) is signed: > 0 when the slope is < 1 (convergence / vanishing gradients),
@@ -170,10 +171,12 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
     noiseless = (mu2 == 1.0) & (nu == 0.0)
 
     # scale-free cases (q* ∈ {0, nan, inf}): limiting correlation maps
-    zero = q == 0.0
+    # bounded φ with q* = 0: linearised map c' = c/μ2.  relu/linear: the correlation map is
+    # scale-free (q-independent ratio form) whenever the offset vanishes or q* is not finite
+    free = ~np.isfinite(q) | ((q == 0.0) & act.homogeneous)
+    zero = (q == 0.0) & ~free
     c_star[zero] = np.where(noiseless[zero], np.nan, 0.0)
     chi_c[zero] = 1.0 / mu2[zero]
-    free = ~np.isfinite(q)
     if np.any(free):
         fi = np.flatnonzero(free)
         if act.name == "relu":  # c' = 2κ(c)/μ2
@@ -191,7 +194,7 @@ def _correlation(s: Setting, q: np.ndarray, m0: np.ndarray, m1: np.ndarray, chi1
     # finite q* > 0; in the ordered phase without noise c* = 1 and χ_c = χ1 (no series needed)
     known = np.isfinite(q) & (q > 0) & noiseless & (chi1 <= 1.0)
     c_star[known], chi_c[known] = 1.0, chi1[known]
-    gen = np.flatnonzero(np.isfinite(q) & (q > 0) & ~known)
+    gen = np.flatnonzero(np.isfinite(q) & (q > 0) & ~known & ~free)
     if gen.size == 0:
         return c_star, chi_c
     qg = q[gen]
