@@ -62,6 +62,7 @@ def assert_rendered(png: Path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_theory_and_iterate_figures_render(tmp_path):
     theory_table(tmp_path / "theory.parquet")
     iterates_table(tmp_path / "iterates.parquet")
@@ -108,7 +109,7 @@ def test_gradient_figure_measures_the_theory_slope(tmp_path):
     assert_rendered(out)
 
 
-def test_universality_from_mfpipe_rows_and_huang_rows(tmp_path):
+def test_universality_recovers_v_proportional_to_m_squared():
     rng = np.random.default_rng(0)
     # per-layer means spanning decades, per-init values log-normal: V = (e^{σ²} − 1) m²
     layer = np.arange(20)
@@ -123,8 +124,13 @@ def test_universality_from_mfpipe_rows_and_huang_rows(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     slopes = [float(t.split("slope ")[1].rstrip(")")) for t in titles]
     assert all(abs(s - 2.0) < 0.15 for s in slopes), titles
+    assert any("Huang" not in t for t in titles)
+
+
+@pytest.mark.slow
+def test_universality_figure_with_huang_reference_rows(tmp_path):
     path = tmp_path / "g.parquet"
-    pd.concat(frames).assign(mode="real", grad_sq_norm=1.0).to_parquet(path, index=False)
+    gradient_rows().to_parquet(path, index=False)
     args = ["figures", "--gradients", str(path), "-d", str(tmp_path), "--only", "universality"]
     huang = REFERENCE / "huang2019_gradients.csv.gz"
     if huang.exists():
