@@ -209,3 +209,16 @@ def test_huang2019_heatmaps_go_through_the_same_fit(tmp_path):
     cells = pd.read_parquet(tmp_path / "huang_fit.cells.parquet")
     placeholders = huang_table().query("duplicate_placeholder_file")
     assert len(cells) == len(huang_table()) - len(placeholders)
+
+
+def test_a_panel_without_observed_boundary_gives_no_fit_and_no_warnings():
+    import warnings
+
+    table = synthetic(n=1000.0, seeds=1, depths=[10, 20])  # every cell trains: all columns 'above'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fit.fit_table(table, n_boot=20)
+    f = fits_by_form(result)
+    assert (result.boundaries["censored"] == "above").all()
+    assert f["n"].isna().all() and f["classification_accuracy"].isna().all()
+    assert f["n_classifier"].isna().all()  # only a lower bound: every cell trains

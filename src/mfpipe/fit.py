@@ -54,6 +54,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -409,7 +410,8 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
             curve = pd.DataFrame({"sigma_w2": grid, "xi": gxi, "depth_pred": _predict(form_kind, theta[None, :], gxi)[0]})
             if tb is not None and len(tb):
                 pred = _predict(form_kind, tb, gxi)
-                with np.errstate(invalid="ignore"):
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no fit in this panel
                     curve["depth_low"] = np.nanquantile(pred, alpha, axis=0)
                     curve["depth_high"] = np.nanquantile(pred, 1 - alpha, axis=0)
             else:
