@@ -148,6 +148,7 @@ def test_input_contract_errors_name_the_missing_column():
     with pytest.raises(InputError, match="forms"):
         fit._parse_forms("n*xi_q")
     assert fit._parse_forms("n*xi_c,n*min(xi_c,xi_1)") == ["n*xi_c", "n*min(xi_c,xi_1)"]
+    assert fit._parse_forms("xi_c,xi_min,power") == ["n*xi_c", "n*min(xi_c,xi_1)", "a*xi_c^beta"]
 
 
 def test_cli_reads_csv_with_set_and_exclude_and_writes_all_outputs(tmp_path, capsys):

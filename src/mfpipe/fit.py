@@ -85,6 +85,9 @@ FORMS: dict[str, tuple[str, str]] = {
     "a*xi_c+b": ("affine", "xi_c"),
     "a*xi_c^beta": ("power", "xi_c"),
 }
+#: Shell-safe names of the forms (no *, ( or ^ to quote in a Snakemake shell command).
+FORM_ALIASES = {"xi_c": "n*xi_c", "xi_1": "n*xi_1", "xi_min": "n*min(xi_c,xi_1)",
+                "affine": "a*xi_c+b", "power": "a*xi_c^beta"}
 N_PARAMS = {"prop": 1, "affine": 2, "power": 2}
 XI_LABEL = {"xi_c": "ξ_c", "xi_1": "ξ_1", "xi_min": "min(ξ_c, ξ_1)"}
 CURVE_POINTS = 241
@@ -129,7 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="boundary value fitted: geometric midpoint of the largest trainable "
                              "and the next untrainable depth (default) or the largest trainable depth")
     parser.add_argument("--forms", default=",".join(FORMS),
-                        help=f"comma-separated forms to fit (default all: {', '.join(FORMS)})")
+                        help=f"comma-separated forms to fit (default all: {', '.join(FORMS)}; "
+                             f"shell-safe names: {', '.join(FORM_ALIASES)})")
     parser.add_argument("--bootstrap", type=int, default=400, help="bootstrap replicates (default 400)")
     parser.add_argument("--interval", type=float, default=0.95, help="interval coverage (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
@@ -173,9 +177,11 @@ def _parse_forms(text: str) -> list[str]:
         if buf.count("(") == buf.count(")"):
             joined.append(buf)
             buf = ""
+    joined = [FORM_ALIASES.get(form, form) for form in joined]
     for form in joined:
         if form not in FORMS:
-            raise InputError("forms", form, ", ".join(FORMS))
+            raise InputError("forms", form, ", ".join(FORMS) + " (or the shell-safe names "
+                             + ", ".join(FORM_ALIASES) + ")")
     if not joined:
         raise InputError("forms", text, ", ".join(FORMS))
     return joined
