@@ -187,9 +187,16 @@ def _cheb_fit(values: np.ndarray) -> np.ndarray:
 
 
 def _cheb_basis(s: np.ndarray, j: int) -> np.ndarray:
+    """Chebyshev polynomials T_0..T_{D−1} at s mapped from octave j, shape (D, points), contiguous."""
     lo, hi = _octave_s(j)
     x = (2.0 * s - (lo + hi)) / (hi - lo)
-    return np.polynomial.chebyshev.chebvander(x, CHEB_DEGREE - 1)
+    out = np.empty((CHEB_DEGREE, x.size))
+    out[0] = 1.0
+    out[1] = x
+    for d in range(2, CHEB_DEGREE):
+        np.multiply(2.0 * x, out[d - 1], out=out[d])
+        out[d] -= out[d - 2]
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,11 +208,14 @@ def _moment_table(act: Activation, j: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _coefficient_table(act: Activation, j: int):
+    """Chebyshev coefficients (D × orders) of the odd Hermite coefficients of φ on octave j, and
+    their transpose (orders × D, contiguous, for fast products with ``_cheb_basis``)."""
     lo, hi = _octave_s(j)
     s = 0.5 * (lo + hi) + 0.5 * (hi - lo) * _cheb_nodes()
     q_max = 2.0 ** (j + 1)
-    a, b = _hermite_coefficients(act, s * s, _order(q_max), _step(q_max))
-    return _cheb_fit(a), _cheb_fit(b)
+    a, _ = _hermite_coefficients(act, s * s, _order(q_max), _step(q_max))
+    table = _cheb_fit(a)
+    return table, np.ascontiguousarray(table.T)
 
 
 def _octave(q: np.ndarray) -> np.ndarray:
@@ -225,7 +235,7 @@ def _tabulated_moments(act: Activation, q: np.ndarray) -> np.ndarray:
     for jj in np.unique(j[inside]):
         sel = np.flatnonzero(j == jj)
         # einsum: BLAS is slow for this skinny (points × 20) @ (20 × 4) product
-        out[:, sel] = np.einsum("pd,dk->kp", _cheb_basis(np.sqrt(q[sel]), int(jj)), _moment_table(act, int(jj)))
+        out[:, sel] = np.einsum("dp,dk->kp", _cheb_basis(np.sqrt(q[sel]), int(jj)), _moment_table(act, int(jj)))
     return out
 
 
@@ -236,9 +246,8 @@ def _signed_coefficients(act: Activation, q: np.ndarray, key: int):
     B(c) = A'(c)/q (Price's theorem).
     """
     if TABLE_OCTAVES[0] <= key <= TABLE_OCTAVES[1]:
-        ta, _ = _coefficient_table(act, key)
-        basis_t = _cheb_basis(np.sqrt(q), key).T
-        return ta.T @ basis_t
+        _, ta_t = _coefficient_table(act, key)
+        return ta_t @ _cheb_basis(np.sqrt(q), key)
     q_max = 2.0 ** TABLE_OCTAVES[0] if key < TABLE_OCTAVES[0] else float(q.max())
     a = np.empty((q.size, (_order(q_max) + 1) // 2))
     b = np.empty((q.size, _order(q_max) // 2 + 1))
@@ -332,6 +341,105 @@ class _Series:
         return self.coef[max_order:].sum(axis=0)
 
 
+@functools.lru_cache(maxsize=None)
+def _remainder_bound(act: Activation, key: int) -> np.ndarray:
+    """bound[m] ≥ Σ_{m' ≥ m} α_{2m'+1}(q) (incl. the part beyond the series) for q in the octave.
+
+    From the coefficients at the Chebyshev nodes, with a safety factor 4 (they vary smoothly).
+    """
+    ta, _ = _coefficient_table(act, key)
+    vander = np.polynomial.chebyshev.chebvander(_cheb_nodes(), CHEB_DEGREE - 1)
+    alpha = np.square(vander @ ta)  # (nodes, orders)
+    m0 = (vander @ _moment_table(act, key))[:, 0]
+    beyond = np.abs(m0 - alpha.sum(axis=1)).max()
+    return 4.0 * (np.flip(np.cumsum(np.flip(alpha.max(axis=0)))) + beyond)
+
+
+class _OddMehler:
+    """Odd Mehler series A(c) = c Σ_m α_{2m+1} c^{2m} of smooth odd φ, built lazily per point.
+
+    A point gets only the orders its largest evaluated |c| needs (remainder < 1e-18, from
+    ``_remainder_bound``), rounded up to a multiple of 16: decorrelated points cost a few orders,
+    points near c = 1 the full series.  Each series carries the exact remainder at c = 1 as a
+    last term, so A(±1) = ±M0 whatever the truncation.
+    """
+
+    GROUP = 16
+    TOL = 1e-18
+
+    def __init__(self, act: Activation, q: np.ndarray, m0: np.ndarray):
+        self.act, self.q, self.m0 = act, q, m0
+        self.key = _octave(q)
+        self.x_lim = np.full(q.size, -1.0)  # largest c² each point's series is good for
+        self.group = np.full(q.size, -1)
+        self.row = np.zeros(q.size, dtype=np.intp)
+        self.groups: list[_Series] = []
+        self.low: dict[int, _Series] = {}
+
+    def _tabulated(self, key: int) -> bool:
+        return TABLE_OCTAVES[0] <= key <= TABLE_OCTAVES[1]
+
+    def _coefficients(self, pts: np.ndarray, key: int, n: int) -> np.ndarray:
+        """Squared coefficients, first n odd orders (all if n is None), orders × points."""
+        if self._tabulated(key):
+            _, ta_t = _coefficient_table(self.act, key)
+            alpha = ta_t[:n] @ _cheb_basis(np.sqrt(self.q[pts]), key)
+        else:
+            alpha = _signed_coefficients(self.act, self.q[pts], key)[:n]
+        return np.square(alpha, out=alpha)
+
+    def _low_series(self, n: int) -> _Series:
+        if n not in self.low:
+            alpha = np.empty((n, self.q.size))
+            for key in np.unique(self.key):
+                pts = np.flatnonzero(self.key == key)
+                alpha[:, pts] = self._coefficients(pts, int(key), n)
+            self.low[n] = _Series(alpha, self.m0 - alpha.sum(axis=0))
+        return self.low[n]
+
+    def _assign(self, pts: np.ndarray, x: np.ndarray) -> None:
+        for key in np.unique(self.key[pts]):
+            key = int(key)
+            sel = self.key[pts] == key
+            p, xs = pts[sel], x[sel]
+            if self._tabulated(key):
+                bound = _remainder_bound(self.act, key)
+                full = bound.size
+                cands = np.arange(self.GROUP, full, self.GROUP)
+                with np.errstate(divide="ignore", under="ignore"):
+                    ok = bound[cands][None, :] * np.exp(cands[None, :] * np.log(np.maximum(xs, 1e-300))[:, None]) < self.TOL
+                first = np.where(ok.any(axis=1), cands[np.argmax(ok, axis=1)], full)
+                n_of = np.where(xs >= 1.0, full, first)
+            else:
+                full = None
+                n_of = np.zeros(p.size, dtype=int)
+            for n in np.unique(n_of):
+                g = p[n_of == n]
+                alpha = self._coefficients(g, key, None if full is None or n == full else int(n))
+                self.group[g] = len(self.groups)
+                self.row[g] = np.arange(g.size)
+                self.groups.append(_Series(alpha, self.m0[g] - alpha.sum(axis=0)))
+                if full is None or n == full:
+                    self.x_lim[g] = 1.0
+                else:
+                    self.x_lim[g] = math.exp(math.log(self.TOL / bound[n]) / n)
+
+    def value_and_slope(self, x: np.ndarray, idx: np.ndarray, max_order: int | None = None):
+        """S(x) and S'(x) with A = c S(c²), for the points idx."""
+        if max_order is not None:
+            return self._low_series(max_order).value_and_slope(x, idx)
+        stale = x > self.x_lim[idx]
+        if stale.any():  # first evaluation, or |c| grew: (re)build with a small margin
+            self._assign(idx[stale], np.minimum(x[stale] * (1.0 + 1e-6) + 1e-12, 1.0))
+        val = np.empty_like(x)
+        der = np.empty_like(x)
+        groups = self.group[idx]
+        for gid in np.unique(groups):
+            sel = np.flatnonzero(groups == gid)
+            val[sel], der[sel] = self.groups[gid].value_and_slope(x[sel], self.row[idx[sel]])
+        return val, der
+
+
 class PairIntegrals:
     """A(c) = E φ(u1)φ(u2), dA/dc and B(c) = E φ'(u1)φ'(u2) for a flat array of variances q.
 
@@ -364,17 +472,15 @@ class PairIntegrals:
         act = self.act
         q = self.q
         self.odd = act.odd and act.smooth
-        self.bucket = _octave(q) if self.odd else np.zeros(q.size, dtype=int)
+        if self.odd:
+            self.odd_series = _OddMehler(act, q, m0)
+            return
+        self.bucket = np.zeros(q.size, dtype=int)
         self.row = np.zeros(q.size, dtype=np.intp)
         self.series = {}
         for key in np.unique(self.bucket):
             members = np.flatnonzero(self.bucket == key)
             self.row[members] = np.arange(members.size)
-            if self.odd:
-                alpha = _signed_coefficients(act, q[members], int(key))
-                np.square(alpha, out=alpha)  # (orders, points)
-                self.series[key] = (_Series(alpha, m0[members] - alpha.sum(axis=0)), None)
-                continue
             alpha, beta = _panel_coefficients(act, q[members], max(_order(float(q[members].max())), 400))
             alpha, beta = alpha.T, beta.T
             # exact remainders at c = 1, put on the first omitted power
@@ -385,6 +491,13 @@ class PairIntegrals:
     def _mehler_eval(self, c, idx, want, max_order=None):
         c = np.asarray(c, dtype=float)
         out = [np.empty_like(c) for _ in want]
+        if self.odd:
+            x = c * c
+            va, da = self.odd_series.value_and_slope(x, idx, max_order)
+            res = {"A": c * va, "dA": va + 2.0 * x * da}  # A = c S(c²); dA/dc = S + 2c² S'
+            if "B" in want:  # Price: B = A'(c) / q
+                res["B"] = res["dA"] / self.q[idx]
+            return [res[w] for w in want]
         buckets = self.bucket[idx]
         for b in np.unique(buckets):
             sel = np.flatnonzero(buckets == b)
