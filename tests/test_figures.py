@@ -10,7 +10,7 @@ import pytest
 
 from mfpipe import figures
 from mfpipe.cli import main
-from mfpipe.theory import depth_scales, fit_depth_scale, iterate_c, iterate_q
+from mfpipe.theory import depth_scales
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "huang2019"
 
@@ -27,15 +27,9 @@ def theory_table(path, sigma_w2=np.linspace(0.5, 4, 15), sigma_b2=np.linspace(0,
 
 
 def iterates_table(path):
-    rows = []
-    for s in (0.5, 1.0, 1.5, 2.5, 3.0):
-        q, c = iterate_q("tanh", s, 0.05, 0.8, 40), iterate_c("tanh", s, 0.05, 0.6, 40)
-        sc = {k: float(v) for k, v in depth_scales("tanh", s, 0.05).items()}
-        rows.append(pd.DataFrame({"sigma_w2": s, "sigma_b2": 0.05, "layer": np.arange(41), "q": q, "c": c,
-                                  "q_star": sc["q_star"], "c_star": sc["c_star"], "xi_q": sc["xi_q"],
-                                  "xi_c": sc["xi_c"], "xi_q_fit": fit_depth_scale(q, sc["q_star"]),
-                                  "xi_c_fit": fit_depth_scale(c, sc["c_star"])}))
-    pd.concat(rows).to_parquet(path, index=False)
+    """The theory engine's own iterates command (its tidy output is the figure's input)."""
+    assert main(["iterates", "--sigma-w2", "0.5,1,1.5,2.5,3", "--sigma-b2", "0.05", "--q0", "0.8",
+                 "--c0", "0.6", "--depth", "40", "-o", str(path)]) == 0
 
 
 def gradient_rows(depth=30, sigma_w2=(1.0, 1.5, 2.5, 3.5), inits=6, seed=0):
@@ -196,3 +190,15 @@ def test_huang_fig7_heatmaps_with_overlays(tmp_path):
                  "--reference", "12*xi_1,6*xi_c,12*xi_c"]) == 0
     assert_rendered(tmp_path / "trainability.png")
     assert_rendered(tmp_path / "fit_summary.png")
+
+
+def test_iterates_figure_draws_measured_and_predicted_depth_scales(tmp_path):
+    iterates_table(tmp_path / "it.parquet")
+    figures.style()
+    fig = figures.iterates_figure(pd.read_parquet(tmp_path / "it.parquet"))
+    a, b, c = fig.axes[:3]
+    assert len(a.get_lines()) == 5 and len(b.get_lines()) == 5  # one curve per σ_w²
+    theory = {line.get_label(): line for line in c.get_lines()}
+    xi_c = theory[r"$\xi_c$ theory"].get_ydata()
+    want = np.abs(depth_scales("tanh", np.array([0.5, 1, 1.5, 2.5, 3]), 0.05)["xi_c"])
+    assert np.allclose(xi_c, want)

@@ -6,7 +6,7 @@ name                what (paper figure)                                         
 phase_diagram       ξ_c over (σ_w², σ_b²) with the critical line χ1 = 1          --theory (≥ 3 σ_b²)
                     (Schoenholz Fig. 1a)
 iterates            |q^l − q*| and |c^l − c*| against depth; measured vs         --iterates
-                    predicted ξ_q, ξ_c (Figs. 1b,c and 2b,c)
+                    predicted ξ_q, ξ_c (Figs. 1b,c and 2b,c)                     (mfpipe iterates -o)
 dropout_depth       c* and ξ_c against σ_w² for several ρ, c-map (Fig. 3)        --theory (ρ values)
 gradient_norms      ‖∇_{W^l} E‖² against layer for several σ_w², real vs          --gradients [--theory]
                     independent backward weights, measured vs theory ξ_∇ (Fig. 4)
@@ -290,41 +290,57 @@ RESIDUAL_FLOOR = 1e-13  # relative to the fixed point: below it a residual is fl
 def iterates_figure(iterates: pd.DataFrame):
     """Residuals |q^l − q*|, |c^l − c*| against l (log), and measured vs predicted depth scales.
 
-    Input columns: sigma_w2, layer (or l), q, c, q_star, c_star; optional xi_q, xi_c (theory) and
-    xi_q_fit, xi_c_fit (measured by exponential fits), sigma_b2, keep_rate."""
+    Input: the tidy table of ``mfpipe iterates -o`` (one row per grid point, quantity q|c, start
+    and layer: sigma_w2, quantity, start, layer, residual, fixed_point, xi_predicted,
+    xi_measured).  One σ_b² (the closest to 0.05) and the largest ρ are drawn."""
     import matplotlib.pyplot as plt
 
-    it = iterates.rename(columns={"l": "layer", "q_l": "q", "c_l": "c"})
-    _require(it, ["sigma_w2", "layer", "q", "c", "q_star", "c_star"], "iterates table")
+    _require(iterates, ["sigma_w2", "quantity", "layer", "residual", "fixed_point"], "iterates table")
+    it = iterates
+    if "activation" in it:
+        it = it[it["activation"] == it["activation"].iloc[0]]
+    if "sigma_b2" in it:
+        b_values = np.unique(it["sigma_b2"])
+        it = it[np.isclose(it["sigma_b2"], b_values[np.argmin(np.abs(b_values - 0.05))])]
+    if "keep_rate" in it:
+        it = it[it["keep_rate"] == it["keep_rate"].max()]
+    if "noise_var" in it:
+        it = it[it["noise_var"] == it["noise_var"].min()]
+    if "start" not in it:
+        it = it.assign(start=0.0)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.0), constrained_layout=True)
     sig = np.unique(it["sigma_w2"])
     colors = _colors(sig, "plasma")
-    group_cols = [c for c in ("sigma_w2", "sigma_b2", "keep_rate", "activation") if c in it]
-    for key, g in it.groupby(group_cols, sort=True):
-        g = g.sort_values("layer")
-        s2 = g["sigma_w2"].iloc[0]
-        for ax, col, star in ((axes[0], "q", "q_star"), (axes[1], "c", "c_star")):
-            resid = np.abs(g[col] - g[star]).to_numpy(float)
+    for ax, quantity, ylabel in ((axes[0], "q", r"$|q^l - q^*|$"), (axes[1], "c", r"$|c^l - c^*|$")):
+        sub = it[it["quantity"] == quantity]
+        for (s2, start), g in sub.groupby(["sigma_w2", "start"], sort=True):
+            g = g.sort_values("layer")
+            resid = g["residual"].to_numpy(float)
             # stop a curve where it reaches the float64 floor (the residual is then rounding noise)
-            below = np.flatnonzero(~(resid > RESIDUAL_FLOOR * max(abs(float(g[star].iloc[0])), 1e-300)))
+            floor = RESIDUAL_FLOOR * max(abs(float(g["fixed_point"].iloc[0])), 1e-300)
+            below = np.flatnonzero(~(resid > floor))
             stop = below[0] if len(below) else len(resid)
-            ax.semilogy(g["layer"].to_numpy()[:stop], resid[:stop], color=colors[s2], lw=1.2)
-    axes[0].set_ylabel(r"$|q^l - q^*|$")
-    axes[1].set_ylabel(r"$|c^l - c^*|$")
-    for ax in axes[:2]:
+            ax.semilogy(g["layer"].to_numpy()[:stop], resid[:stop], color=colors[s2], lw=1.1)
         ax.set_xlabel(SYM["layer"])
+        ax.set_ylabel(ylabel)
     _colorbar(fig, axes[1], sig, "plasma", SYM["sigma_w2"])
-    per_point = it.groupby(group_cols, sort=True).first().reset_index()
     ax = axes[2]
-    for col, fitted, marker, label, color in (("xi_q", "xi_q_fit", "o", "q", "#1f77b4"),
-                                              ("xi_c", "xi_c_fit", "s", "c", "#d62728")):
-        if col in per_point:
-            ax.plot(per_point["sigma_w2"], np.abs(per_point[col]), "--", lw=1.4, color=color,
-                    label=rf"$\xi_{label}$ theory")
-        if fitted in per_point:
-            ax.plot(per_point["sigma_w2"], np.abs(per_point[fitted]), marker, ms=5, mfc="none",
-                    color=color, label=rf"$\xi_{label}$ measured (exponential fit)")
+    for quantity, marker, color in (("q", "o", "#1f77b4"), ("c", "s", "#d62728")):
+        sub = it[it["quantity"] == quantity]
+        if sub.empty:
+            continue
+        per = sub.groupby("sigma_w2").agg(predicted=("xi_predicted", "first"),
+                                         measured=("xi_measured", "median")).reset_index() \
+            if {"xi_predicted", "xi_measured"} <= set(sub.columns) else None
+        if per is None:
+            continue
+        ax.plot(per["sigma_w2"], np.abs(per["predicted"]), "--", lw=1.4, color=color,
+                label=rf"$\xi_{quantity}$ theory")
+        ax.plot(per["sigma_w2"], np.abs(per["measured"]), marker, ms=5, mfc="none", color=color,
+                label=rf"$\xi_{quantity}$ measured (exponential fit)")
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 12)  # head room for the legend
     ax.set_xlabel(SYM["sigma_w2"])
     ax.set_ylabel("depth scale")
     ax.legend(loc="upper left", fontsize=8)
