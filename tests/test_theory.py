@@ -363,3 +363,17 @@ def test_relu_without_bias_uses_scale_free_map_on_both_sides_of_2rho():
     assert np.isnan(r["q_star"][1]) and r["q_star"][0] == 0 and np.isinf(r["q_star"][2])
     np.testing.assert_allclose(r["c_star"], r["c_star"][1], rtol=1e-12)  # q-independent map
     np.testing.assert_allclose(r["xi_c"], r["xi_c"][1], rtol=1e-12)
+
+
+def test_blocks_and_empty_grids(monkeypatch):
+    import mfpipe.theory.maps as maps
+
+    sw = np.linspace(1.0, 3.0, 7)[:, None]
+    sb = np.array([0.0, 0.05, 0.2])[None, :]
+    whole = depth_scales("tanh", sw, sb, 0.95)
+    monkeypatch.setattr(maps, "BLOCK", 4)  # 21 points in 6 blocks
+    blocks = depth_scales("tanh", sw, sb, 0.95)
+    for k in whole:
+        np.testing.assert_allclose(blocks[k], whole[k], rtol=1e-13)
+    empty = depth_scales("tanh", np.array([]), 0.05)
+    assert all(v.shape == (0,) for v in empty.values())

@@ -104,6 +104,15 @@ class Setting:
             self.inv_mu2 = 1.0 / self.mu2
         self.nu = self.nv if noise == "additive" else np.zeros_like(self.sw)
 
+    def block(self, sl: slice) -> "Setting":
+        """The same setting restricted to a slice of the flat grid."""
+        part = object.__new__(Setting)
+        part.__dict__.update(self.__dict__)
+        for name in ("sw", "sb", "rho", "nv", "mu2", "inv_mu2", "nu"):
+            setattr(part, name, getattr(self, name)[sl])
+        part.shape = part.sw.shape
+        return part
+
     def reshape(self, flat):
         return np.asarray(flat, dtype=float).reshape(self.shape)
 
@@ -248,7 +257,23 @@ def depth_scales(activation, sigma_w2, sigma_b2, keep_rate=1.0, noise="dropout",
     return _depth_scales(s)
 
 
+BLOCK = 200_000  # grid points solved together; bounds memory (series are orders × points)
+
+
 def _depth_scales(s: Setting) -> dict:
+    n = s.sw.size
+    if n <= BLOCK:
+        flat = _depth_scales_flat(s)
+    else:  # loop over blocks of points (each block fully vectorised)
+        flat = {k: np.empty(n) for k in KEYS}
+        for start in range(0, n, BLOCK):
+            part = _depth_scales_flat(s.block(slice(start, start + BLOCK)))
+            for k in KEYS:
+                flat[k][start:start + BLOCK] = part[k]
+    return {k: s.reshape(v) for k, v in flat.items()}
+
+
+def _depth_scales_flat(s: Setting) -> dict:
     q = _q_star(s)
     q_eval = np.where(np.isfinite(q), q, 1.0)
     m0, m1, m2, _ = moments(s.act, q_eval, s.method)
@@ -257,11 +282,10 @@ def _depth_scales(s: Setting) -> dict:
     if s.act.homogeneous:  # affine length map: slope χ1 everywhere, defined for q* ∈ {nan, inf}
         slope_q = chi1
     c_star, chi_c = _correlation(s, q, m0, m1, chi1)
-    out = {
+    return {
         "q_star": q, "c_star": c_star, "chi_1": chi1, "chi_c": chi_c,
         "xi_q": depth_scale(slope_q), "xi_c": depth_scale(chi_c), "xi_grad": depth_scale(chi1),
     }
-    return {k: s.reshape(v) for k, v in out.items()}
 
 
 def critical_sigma_w2(activation, sigma_b2, keep_rate=1.0, noise="dropout", noise_var=0.0,
