@@ -32,10 +32,16 @@ import sys, time, json
 t_first = time.time()
 from mfpipe.cli import main
 import mfpipe.train  # what `mfpipe train-cell` imports (torch, data, nets)
+import mfpipe.cells as cells
 t_imported = time.time()
-rc = main(sys.argv[1:])
-t_done = time.time()
-print(json.dumps({"t_first": t_first, "t_imported": t_imported, "t_done": t_done, "rc": rc}), file=sys.stderr)
+# `mfpipe` ends its process with os._exit right after writing (mfpipe.cells.fast_exit_if_entry_point,
+# forced here by MFPIPE_FAST_EXIT=1): stamp the moment main() reaches it, then let it exit
+fast_exit = cells.fast_exit_if_entry_point
+def stamp_then_exit():
+    print(json.dumps({"t_first": t_first, "t_imported": t_imported, "t_done": time.time()}), file=sys.stderr)
+    fast_exit()
+cells.fast_exit_if_entry_point = stamp_then_exit
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -47,7 +53,7 @@ def cell_args(a, out: Path, data_dir: Path, steps: int | None = None) -> list[st
 
 
 def run_child(argv: list[str], threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MFPIPE_FAST_EXIT": "1"}
     t_launch = time.time()
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, capture_output=True, text=True)
     t_exit = time.time()
