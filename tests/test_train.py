@@ -111,6 +111,15 @@ def test_optimizers_follow_torch_optim(name):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_estimated_cost_scales_with_the_work():
+    small = cells.estimated_cost("train", {"depth": 10, "width": 100, "steps": 100})
+    deeper = cells.estimated_cost("train", {"depth": 20, "width": 100, "steps": 100})
+    longer = cells.estimated_cost("train", {"depth": 10, "width": 100, "steps": 200})
+    assert 1.7 < deeper["flops"] / small["flops"] < 2.1 and 1.8 < longer["flops"] / small["flops"] <= 2.0
+    grad = cells.estimated_cost("grad", {"depth": 60, "width": 512, "inits": 8})
+    assert grad["flops"] > 0 and grad["param_bytes"] == 8 * 60 * 512 * 512
+
+
 # ----------------------------------------------------------------------------- running
 
 def test_rows_per_checkpoint_with_parameters_and_provenance(tmp_path):

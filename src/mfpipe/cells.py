@@ -395,3 +395,45 @@ def _device_name(device) -> str:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ----------------------------------------------------------------------------- cost model
+
+INPUT_FEATURES = {"mnist": 784, "fashion_mnist": 784, "mnist5k": 784, "cifar10": 3072, "digits": 64}
+EVAL_SPLIT_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000),
+                    "mnist5k": (4000, 1000), "digits": (1438, 359)}
+
+
+def estimated_cost(kind: str, params: dict) -> dict:
+    """Floating-point work and memory of a cell, for scheduling (SLURM runtime, grouping).
+
+    Returns ``flops`` (matmul FLOPs of the whole cell: training steps, checkpoint evaluations /
+    all initialisations and backward modes), ``param_bytes`` and ``peak_bytes`` (a rough upper
+    bound of tensor memory).  Divide ``flops`` by a device's sustained matmul rate (e.g. from
+    ``benchmarks/cell.py``) to estimate the compute time; add ~3 s of process start-up per process.
+    """
+    p = complete_params(kind, params)
+    width, depth = p["width"], p["depth"]
+    if kind == "train":
+        n_in, n_out = INPUT_FEATURES[p["dataset"]], 10
+    else:
+        n_in = width if p["dataset"] == "gaussian" else INPUT_FEATURES[p["dataset"]]
+        n_out = width if p["dataset"] == "gaussian" else 10
+    dims = [n_in] + [width] * (depth - 1) + [n_out]
+    weights = sum(dims[l] * dims[l + 1] for l in range(depth))
+    if kind == "train":
+        per_example_step = sum(2 * dims[l] * dims[l + 1] * (2 if l == 0 else 3) for l in range(depth))
+        n_train, n_test = EVAL_SPLIT_SIZES[p["dataset"]]
+        eval_examples = (min(p["eval_size"] or n_train, n_train) + min(p["eval_size"] or n_test, n_test))
+        flops = (p["steps"] * p["batch_size"] * per_example_step
+                 + len(p["checkpoints"]) * eval_examples * 2 * weights)
+        bytes_per = 4
+        activations = p["batch_size"] * sum(dims) * 3
+        state = {"sgd": 2, "rmsprop": 3, "adam": 4}[p["optimizer"]]
+        peak = bytes_per * (weights * state + activations + n_train * n_in)
+    else:
+        # forward + two backward passes (real, independent) per init, plus drawing two weight sets
+        flops = p["inits"] * (p["n_inputs"] * 2 * weights * 3 + 2 * weights * 10)
+        peak = 8 * (2 * weights + p["n_inputs"] * sum(dims) * 4)
+    return {"flops": float(flops), "param_bytes": int(4 * weights if kind == "train" else 8 * weights),
+            "peak_bytes": int(peak)}
