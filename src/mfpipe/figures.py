@@ -401,7 +401,17 @@ def dropout_depth(theory: pd.DataFrame, c_map=None):
         for rho in rhos:
             if rho in maps:
                 ax.plot(c, maps[rho], color=colors[rho], label=rf"$\rho$ = {_num(rho)}")
-        ax.set_title(rf"(a) c-map at $\sigma_w^2$ = {w_crit:.3g} (critical for $\rho$ = 1)")
+                gap = maps[rho] - c  # the fixed point c*: where the map crosses the diagonal
+                cross = np.flatnonzero((gap[:-1] > 0) & (gap[1:] <= 0))
+                c_star = None
+                if abs(gap[-1]) < 1e-6:
+                    c_star = c[-1]  # c = 1 is a fixed point (no dropout)
+                elif len(cross):
+                    k = cross[-1]
+                    c_star = c[k] + gap[k] / (gap[k] - gap[k + 1]) * (c[k + 1] - c[k])
+                if c_star is not None:
+                    ax.plot([c_star], [c_star], "o", color=colors[rho], ms=5, mec="black", mew=0.5)
+        ax.set_title(rf"(a) c-map at $\sigma_w^2$ = {w_crit:.3g} (critical for $\rho$ = 1); dots: $c^*$")
         ax.set_xlabel(r"$c^l$")
         ax.set_ylabel(r"$c^{l+1}$")
         ax.legend(loc="upper left")
