@@ -12,19 +12,40 @@ Baselines, timed on a random sample of grid points and extrapolated to the full 
 2. ``engine per point``: mfpipe.theory.depth_scales called once per point (the same algorithm
    without the vectorisation over points).
 
-Run: .venv/bin/python benchmarks/theory.py [--sample 40] [--repeat 3]
+Both sides run single-threaded by default (BLAS threads = 1, set before numpy is imported): the
+loop is single-threaded by nature, so this compares algorithms per core, and it keeps the numbers
+stable on a shared machine.  ``--threads N`` lets BLAS use N threads in both.
+
+Run: .venv/bin/python benchmarks/theory.py [--sample 40] [--repeat 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 
-import numpy as np
-from scipy import optimize
 
-from mfpipe.theory import depth_scales
+def _threads_from_argv(default: str = "1") -> str:
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return default
+
+
+THREADS = _threads_from_argv()
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = THREADS  # before numpy loads its BLAS
+
+import numpy as np  # noqa: E402
+from scipy import optimize  # noqa: E402
+
+from mfpipe.theory import depth_scales  # noqa: E402
 
 KEYS = ("q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad")
 
@@ -89,6 +110,7 @@ def main():
     ap.add_argument("--sample", type=int, default=40, help="grid points timed in the scipy loop")
     ap.add_argument("--engine-sample", type=int, default=400, help="grid points timed in the engine loop")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", default="1", help="BLAS threads for both sides (default 1)")
     args = ap.parse_args()
     sw, sb, rho = grid()
     n = sw.size
@@ -102,6 +124,7 @@ def main():
         res = depth_scales("tanh", sw, sb, rho)
         times.append(time.perf_counter() - t)
     t_vec = min(times)
+    print(f"BLAS threads: {THREADS}; load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"vectorised: {n} points (100 σ_w² × 100 σ_b² × 4 ρ, tanh, dropout) in {t_vec:.3f} s "
           f"(best of {args.repeat}; median {float(np.median(times)):.3f} s; first call in a fresh process, "
           f"incl. building the tables: {t_first:.3f} s)")
