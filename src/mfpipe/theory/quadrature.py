@@ -300,20 +300,12 @@ class _Series:
         # suffix[m] = Σ_{m' ≥ m} max over points coef_m'  (bounds every point's remainder)
         self.suffix = np.flip(np.cumsum(np.flip(coef.max(axis=1)))) + max(float(np.max(np.abs(tail), initial=0)), 0)
 
-    def value_and_slope(self, x: np.ndarray, rows: np.ndarray, max_order: int | None = None):
-        """Value and d/dx at x for the points ``rows``.
-
-        ``max_order``: keep only that many orders and move the rest of the series into the tail
-        (still exact at x = 1): a cheap approximation for the first Newton steps.
-        """
+    def value_and_slope(self, x: np.ndarray, rows: np.ndarray):
+        """Value and d/dx at x for the points ``rows``."""
         x_max = float(np.max(np.abs(x))) if x.size else 0.0
         n_orders = self.coef.shape[0]
         whole = rows.size == self.coef.shape[1]
         tail = self.tail if whole else self.tail[rows]
-        if max_order is not None and max_order < n_orders:
-            rest = self._rest(max_order)
-            tail = tail + (rest if whole else rest[rows])
-            n_orders = max_order
         order = n_orders
         if x_max < 1.0:
             with np.errstate(divide="ignore", under="ignore"):
@@ -335,10 +327,6 @@ class _Series:
             val += tail * xm1 * x
             der += n_orders * tail * xm1
         return val, der
-
-    @functools.lru_cache(maxsize=4)
-    def _rest(self, max_order: int) -> np.ndarray:
-        return self.coef[max_order:].sum(axis=0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -498,27 +486,15 @@ class PairIntegrals:
             if "B" in want:  # Price: B = A'(c) / q
                 res["B"] = res["dA"] / self.q[idx]
             return [res[w] for w in want]
-        buckets = self.bucket[idx]
+        buckets = self.bucket[idx]  # any φ (panel coefficients): full power series in c
         for b in np.unique(buckets):
             sel = np.flatnonzero(buckets == b)
             rows = self.row[idx[sel]]
-            cs = c[sel]
             ser_a, ser_b = self.series[b]
-            if not self.odd:  # full power series in c
-                for i, name in enumerate(want):
-                    ser = ser_b if name == "B" else ser_a
-                    v, d = ser.value_and_slope(cs, rows)
-                    out[i][sel] = d if name == "dA" else v
-                continue
-            x = cs * cs
-            va, da = ser_a.value_and_slope(x, rows, max_order)
             for i, name in enumerate(want):
-                if name == "A":  # A = c Σ α_{2m+1} x^m
-                    out[i][sel] = cs * va
-                elif name == "dA":  # d/dc [c S(c²)] = S + 2c² S'
-                    out[i][sel] = va + 2.0 * x * da
-                elif name == "B":  # Price: B = A'(c) / q
-                    out[i][sel] = (va + 2.0 * x * da) / self.q[idx[sel]]
+                ser = ser_b if name == "B" else ser_a
+                v, d = ser.value_and_slope(c[sel], rows)
+                out[i][sel] = d if name == "dA" else v
         return out
 
     # ---------------------------------------------------------- public evaluation
