@@ -15,7 +15,7 @@ import pytest
 
 from mfpipe.theory import iterate_q
 from mfpipe.theory.activations import ACTIVATIONS
-from mfpipe.theory.quadrature import PairIntegrals, moments
+from mfpipe.theory.quadrature import PairIntegrals
 
 N, LAYERS, NETS = 1500, 5, 6
 SW, SB, RHO = 2.0, 0.05, 0.9
