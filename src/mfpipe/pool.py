@@ -15,9 +15,9 @@ warm server on this machine:
 * If the client dies (Snakemake killed, job cancelled), the child notices the closed socket and
   aborts: the cell's output is written atomically, so nothing is left and the next run computes
   the cell again — every cell ends up computed exactly once.
-* The socket name includes a signature of the mfpipe sources (paths and mtimes) and the Python
-  executable: after a code edit a fresh server is started and the old one exits when idle
-  (``--idle-timeout``, default 120 s; ``$MFPIPE_POOL_IDLE``).  Servers live in
+* A server records the mfpipe source files it imported; a request that arrives after one of them
+  changed makes it exit, and the client starts a fresh server with the new code.  Idle servers
+  exit after ``--idle-timeout`` seconds (default 120; ``$MFPIPE_POOL_IDLE``).  Servers live in
   ``$MFPIPE_POOL_DIR`` (default ``/tmp/mfpipe-pool-<uid>``), with their log.
 * ``MFPIPE_POOL=0`` runs the command in the client process instead (same results, no server);
   so does any failure to reach or start a server (with a warning on stderr).
@@ -94,19 +94,32 @@ def pool_dir() -> Path:
     return path
 
 
-def code_signature() -> str:
-    """Digest of the Python executable and the mfpipe sources (names, sizes, mtimes)."""
-    src = Path(__file__).resolve().parent
-    digest = hashlib.sha1(sys.executable.encode())
-    for path in sorted(src.rglob("*.py")):
-        st = path.stat()
-        digest.update(f"{path.relative_to(src)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 def socket_path(module: str) -> Path:
-    name = hashlib.sha1(f"{code_signature()}:{module}:{socket.gethostname()}".encode()).hexdigest()
-    return pool_dir() / f"{module.rsplit('.', 1)[-1]}-{name[:12]}.sock"
+    """One server per (Python, mfpipe checkout, module, host)."""
+    key = f"{sys.executable}:{Path(__file__).resolve().parent}:{module}:{socket.gethostname()}"
+    return pool_dir() / f"{module.rsplit('.', 1)[-1]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.sock"
+
+
+def loaded_sources() -> dict[str, int]:
+    """mtime of every mfpipe source file this process has imported."""
+    out = {}
+    package = str(Path(__file__).resolve().parent) + os.sep
+    for mod in list(sys.modules.values()):
+        path = getattr(mod, "__file__", None)
+        if path and os.path.abspath(path).startswith(package):  # incl. this module as __main__
+            with contextlib.suppress(OSError):
+                out[path] = os.stat(path).st_mtime_ns
+    return out
+
+
+def sources_changed(recorded: dict[str, int]) -> bool:
+    for path, mtime in recorded.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return True
+        except OSError:
+            return True
+    return False
 
 
 def _module_of(command: str) -> str:
@@ -196,11 +209,48 @@ def _request(conn: socket.socket, argv: list[str]) -> int | None:
 
 # ----------------------------------------------------------------------------- server
 
+#: A tiny cell per module, run once in the server before it forks: the first cell in a process
+#: pays for torch's lazy imports and first-use initialisation (seconds; 0.1 s afterwards).
+#: On the CPU with one thread, so no CUDA context or thread pool exists when children fork.
+WARMUPS = {
+    "mfpipe.train": ("run_train_cell", {"dataset": "digits", "depth": 3, "width": 8, "steps": 3,
+                                        "checkpoints": [1], "eval_size": 16, "batch_size": 8}),
+    "mfpipe.gradients": ("run_grad_cell", {"depth": 3, "width": 8, "inits": 1}),
+}
+
+
+def warm_up(module_name: str) -> float:
+    """Run the module's warm-up cell (no output file); return its seconds, or -1 on failure."""
+    import importlib
+    import tempfile
+    import traceback
+
+    if module_name not in WARMUPS:
+        return 0.0
+    func_name, params = WARMUPS[module_name]
+    start = time.perf_counter()
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        func = getattr(importlib.import_module(module_name), func_name)
+        with tempfile.TemporaryDirectory(prefix="mfpipe-pool-warmup-") as data_dir:
+            func(dict(params), None, device="cpu", data_dir=data_dir, progress=False)
+        torch.set_num_threads(threads)
+    except Exception:  # noqa: BLE001 - a failed warm-up only costs time in the children
+        traceback.print_exc()
+        return -1.0
+    return time.perf_counter() - start
+
+
 def serve(path: str, module: str, idle_timeout: float) -> None:
     import importlib
 
     importlib.import_module(module)  # the expensive part, done once: torch, nets, data
     importlib.import_module("mfpipe.cli")
+    warm_seconds = warm_up(module)
+    print(f"{time.strftime('%H:%M:%S')} warm-up cell: {warm_seconds:.2f} s", flush=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = f"{path}.{os.getpid()}.tmp"
     listener.bind(tmp)
@@ -209,8 +259,10 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
     ino = os.stat(path).st_ino
     print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} ready: {module} at {path}",
           flush=True)
+    sources = loaded_sources()  # a request after any of these changed restarts the server
     listener.settimeout(0.5)
     children: set[int] = set()
+    stale = False
     last_busy = time.monotonic()
     while True:
         _reap(children)
@@ -222,9 +274,13 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
             if not children and time.monotonic() - last_busy > idle_timeout:
                 break
             continue
+        if sources_changed(sources):
+            conn.close()  # no ack: the client retries and starts a server with the new code
+            stale = True
+            break
         children.add(_fork_child(conn, listener))
         last_busy = time.monotonic()
-    # stop taking new clients first, then serve whoever was already queued
+    # stop taking new clients first, then serve (or, with stale code, turn away) the queued ones
     with contextlib.suppress(FileNotFoundError):
         if os.stat(path).st_ino == ino:
             os.unlink(path)
@@ -234,10 +290,13 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
             conn, _ = listener.accept()
         except (BlockingIOError, OSError):
             break
-        children.add(_fork_child(conn, listener))
+        if stale:
+            conn.close()
+        else:
+            children.add(_fork_child(conn, listener))
     listener.close()
-    print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} idle for {idle_timeout:g} s: "
-          f"exiting", flush=True)
+    why = "mfpipe sources changed" if stale else f"idle for {idle_timeout:g} s"
+    print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} exiting: {why}", flush=True)
 
 
 def _reap(children: set[int]) -> None:
@@ -291,8 +350,9 @@ def _child(conn: socket.socket) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    os.environ["MFPIPE_FAST_EXIT"] = "0"  # the cell must return here to report its exit code
     argv = list(request["argv"])
-    sys.argv = ["mfpipe", *argv]
+    sys.argv = ["mfpipe-pool-worker", *argv]
     conn.sendall(b"A")
     finished = threading.Event()
 

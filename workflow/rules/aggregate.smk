@@ -1,0 +1,68 @@
+# Per-cell parquet → one dataset per kind (results/training.parquet, results/gradients.parquet,
+# results/theory.parquet), then the fit of the maximum trainable depth.  All on the submit host.
+
+KIND_OF_DATASET = {name: kind for kind, name in KIND_DATASETS.items()}
+
+
+rule cell_list:
+    # The study's cells, one path per line: what `mfpipe aggregate` reads (a 100k-cell grid does
+    # not fit on a command line).  Rewritten only when the study's spec changes.
+    output:
+        "results/cells/{study}.cells.txt",
+    params:
+        study=study_config_json,
+    localrule: True
+    wildcard_constraints:
+        study=_alternatives(list(STUDIES)),
+    shell:
+        "{MFPIPE} cells --config-json {params.study:q} --study {wildcards.study} -o {output:q}"
+
+
+rule aggregate_cells:
+    input:
+        cells=lambda wildcards: CELL_PATHS[KIND_OF_DATASET[wildcards.name]],
+        lists=lambda wildcards: [f"results/cells/{study}.cells.txt"
+                                 for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]],
+    output:
+        "results/{name}.parquet",
+    log:
+        "logs/aggregate/{name}.log",
+    params:
+        lists=lambda wildcards, input: " ".join(f"--inputs-from {path}" for path in input.lists),
+    localrule: True
+    wildcard_constraints:
+        name="training|gradients",
+    shell:
+        "{MFPIPE} aggregate --kind {wildcards.name} {params.lists} -o {output:q} > {log:q} 2>&1"
+
+
+rule aggregate_theory:
+    input:
+        THEORY_TABLES,
+    output:
+        "results/theory.parquet",
+    log:
+        "logs/aggregate/theory.log",
+    localrule: True
+    shell:
+        "{MFPIPE} aggregate --kind theory {input:q} -o {output:q} > {log:q} 2>&1"
+
+
+rule fit:
+    input:
+        "results/training.parquet",
+    output:
+        fit="results/fit.parquet",
+        boundaries="results/fit.boundaries.parquet",
+        cells="results/fit.cells.parquet",
+        curves="results/fit.curves.parquet",
+        summary="results/fit.md",
+    log:
+        "logs/fit.log",
+    params:
+        args=fit_args(),
+    localrule: True
+    shell:
+        "{MFPIPE} fit {input:q} -o {output.fit:q} --boundaries {output.boundaries:q} "
+        "--cells {output.cells:q} --curves {output.curves:q} --summary {output.summary:q} "
+        "{params.args} > {log:q} 2>&1"

@@ -1,0 +1,162 @@
+# Config → cells (mfpipe.grid), lookups the rules use, and the targets.
+#
+# Staleness (Snakemake's default rerun triggers: mtime, params, input, code, software-env):
+# * A cell's output path names its grid parameters (results/cells/<study>/depth=16/…/seed=0.parquet).
+#   A new grid value or seed adds paths: only those cells run.  Removing a value leaves the old
+#   files alone (they are no longer aggregated).
+# * A cell's params are ONE string of `mfpipe` flags holding every parameter (defaults included,
+#   settings such as steps / lr / batch_size, canonical numbers) and the kind's engine version.
+#   A changed study setting changes the string of every cell of that study, and only those
+#   cells rerun (params trigger); a bumped engine version (mfpipe.grid.ENGINE_VERSIONS /
+#   mfpipe.cells.ENGINE_VERSIONS) reruns every cell of that kind.
+# * Rules are `shell:` rules: the code trigger compares the command template only, so editing
+#   mfpipe's Python code (plotting, fitting, …) never reruns a cell.  Keep the templates stable.
+# * Params are plain str/int (numpy scalars would be silently left out of change detection).
+
+import json
+import os
+import shutil
+import sys
+from importlib.util import find_spec
+
+from snakemake.exceptions import WorkflowError
+
+from mfpipe.errors import InputError
+from mfpipe.values import format_number
+from mfpipe.grid import (KIND_COMMANDS, KIND_DATASETS, build_studies, engine_versions,
+                         resources_of, runtime_minutes)
+
+try:
+    STUDIES = build_studies(config)
+except InputError as _err:
+    raise WorkflowError(str(_err)) from None
+
+# The mfpipe executable of this Python (the venv's, also when it is not on PATH).
+MFPIPE = shutil.which("mfpipe", path=os.path.dirname(sys.executable)) or "mfpipe"
+RESOURCES = resources_of(config)
+ENGINE = engine_versions()
+DATA_DIR = str(config.get("data_dir", "data"))
+DEVICE = str(config.get("device", "auto"))
+
+
+def _data_cache(dataset):
+    from mfpipe.data import cache_path
+
+    return str(cache_path(dataset, DATA_DIR))
+
+
+# Per-cell lookups, keyed "<study>/<cell path>": computed once, O(1) per job.
+CELL_ARGS = {}
+CELL_MEM_MB = {}
+CELL_SECONDS = {}
+CELL_DATA = {}
+CELL_PATHS = {kind: [] for kind in KIND_COMMANDS}
+STUDY_NAMES = {kind: [] for kind in KIND_COMMANDS}
+_DATA_FILES = {}
+for _study in STUDIES.values():
+    STUDY_NAMES[_study.kind].append(_study.name)
+    for _cell in _study.cells:
+        _key = f"{_study.name}/{_cell.key}"
+        CELL_ARGS[_key] = _cell.args
+        CELL_MEM_MB[_key] = _cell.mem_mb
+        CELL_SECONDS[_key] = _cell.seconds
+        _dataset = _cell.params.get("dataset")
+        if _dataset not in _DATA_FILES:
+            _DATA_FILES[_dataset] = [] if _dataset == "gaussian" else [_data_cache(_dataset)]
+        CELL_DATA[_key] = _DATA_FILES[_dataset]
+        CELL_PATHS[_study.kind].append(_cell.path)
+
+# Tight wildcard constraints keep the DAG cheap (no rule tries to match what it cannot make).
+CELL_RE = r"[a-z][a-z0-9_]*=[^/]+(?:/[a-z][a-z0-9_]*=[^/]+)*"
+
+
+def _alternatives(names):
+    return "|".join(names) if names else "(?!x)x"  # matches nothing
+
+
+def cell_args(wildcards):
+    return CELL_ARGS[f"{wildcards.study}/{wildcards.cell}"]
+
+
+def cell_data(wildcards):
+    return CELL_DATA[f"{wildcards.study}/{wildcards.cell}"]
+
+
+def cell_mem_mb(wildcards, attempt):
+    return CELL_MEM_MB[f"{wildcards.study}/{wildcards.cell}"]
+
+
+def cell_runtime(wildcards, attempt):
+    """Minutes: (start-up + estimate from depth × width × steps) × safety, doubled per retry."""
+    return runtime_minutes(CELL_SECONDS[f"{wildcards.study}/{wildcards.cell}"], RESOURCES, attempt)
+
+
+def study_config_json(wildcards):
+    """The one study's spec (what its cell list depends on) as JSON for `mfpipe cells`."""
+    return json.dumps({"studies": {wildcards.study: config["studies"][wildcards.study]}},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def stage_available(module):
+    """Stages whose code has not landed yet are left out of the targets."""
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def theory_api_available():
+    try:
+        import mfpipe.theory as theory
+    except ImportError:
+        return False
+    return hasattr(theory, "depth_scales")
+
+
+HAS_THEORY = bool(config.get("theory", {}).get("enabled", True)) and stage_available("mfpipe.theory.cli")
+DO_AGGREGATE = bool(config.get("aggregate", True))
+HAS_FIT = (DO_AGGREGATE and bool(config.get("fit", {}).get("enabled", True))
+           and bool(CELL_PATHS["train"]) and stage_available("mfpipe.fit")
+           and theory_api_available())
+HAS_FIGURES = (DO_AGGREGATE and bool(config.get("figures", {}).get("enabled", True))
+               and stage_available("mfpipe.figures"))
+
+
+def fit_args():
+    """`mfpipe fit` flags from the config's fit section (a params string: a change refits)."""
+    fit = config.get("fit", {})
+    flags = {"bootstrap": "--bootstrap", "threshold": "--threshold", "accuracy": "--accuracy",
+             "step": "--step", "boundary": "--boundary", "forms": "--forms", "seed": "--seed"}
+    return " ".join(f"{flag} {fit[key]}" for key, flag in flags.items() if key in fit)
+
+
+# Theory tables: per study and (activation, noise), the product of its σ_w², σ_b², ρ (or noise
+# variance) values — a superset of its cells' points, computed in one vectorised call.
+THEORY_ARGS = {}
+for _study in STUDIES.values():
+    _points = {}
+    for _cell in _study.cells:
+        _p = _cell.params
+        _noise = _p.get("noise", "dropout")
+        _vals = _points.setdefault((_p["activation"], _noise), (set(), set(), set()))
+        _vals[0].add(_p["sigma_w2"])
+        _vals[1].add(_p["sigma_b2"])
+        _vals[2].add(_p["keep_rate"] if _noise == "dropout" else _p.get("noise_var", 0.0))
+    for (_activation, _noise), (_sw, _sb, _third) in sorted(_points.items()):
+        _fmt = lambda values: ",".join(format_number(v) for v in sorted(values))
+        THEORY_ARGS[f"{_study.name}/{_activation}-{_noise}"] = (
+            f"--activation {_activation} --noise {_noise} --sigma-w2 {_fmt(_sw)} "
+            f"--sigma-b2 {_fmt(_sb)} "
+            + (f"--keep-rate {_fmt(_third)}" if _noise == "dropout" else f"--noise-var {_fmt(_third)}"))
+THEORY_TABLES = [f"results/theory/{key}.parquet" for key in THEORY_ARGS]
+
+ALL_TARGETS = []
+if DO_AGGREGATE:
+    ALL_TARGETS += [f"results/{KIND_DATASETS[kind]}.parquet" for kind in KIND_COMMANDS
+                    if CELL_PATHS[kind]]
+else:
+    ALL_TARGETS += [p for paths in CELL_PATHS.values() for p in paths]
+if HAS_THEORY and DO_AGGREGATE:
+    ALL_TARGETS.append("results/theory.parquet")
+if HAS_FIT:
+    ALL_TARGETS.append("results/fit.parquet")
