@@ -202,3 +202,13 @@ def test_iterates_figure_draws_measured_and_predicted_depth_scales(tmp_path):
     xi_c = theory[r"$\xi_c$ theory"].get_ydata()
     want = np.abs(depth_scales("tanh", np.array([0.5, 1, 1.5, 2.5, 3]), 0.05)["xi_c"])
     assert np.allclose(xi_c, want)
+
+
+def test_a_figure_whose_table_cannot_make_it_is_skipped_unless_asked_for(tmp_path, capsys):
+    theory_table(tmp_path / "line.parquet", sigma_b2=[0.05])  # one σ_b²: no phase diagram
+    assert main(["figures", "--theory", str(tmp_path / "line.parquet"), "-d", str(tmp_path)]) == 0
+    assert "skip phase_diagram" in capsys.readouterr().err
+    assert not (tmp_path / "phase_diagram.png").exists()
+    assert (tmp_path / "dropout_depth.png").exists()
+    assert main(["figures", "--theory", str(tmp_path / "line.parquet"), "-d", str(tmp_path),
+                 "--only", "phase_diagram"]) == 2

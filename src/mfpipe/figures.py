@@ -135,30 +135,43 @@ def render(wanted, *, theory=None, iterates=None, gradients=None, huang_gradient
             print(f"mfpipe figures: skip {name} (no --{need.split('|')[0].replace('_', '-')})", file=sys.stderr)
             continue
         style()
-        if name == "phase_diagram":
-            fig = phase_diagram(table("theory"))
-        elif name == "iterates":
-            fig = iterates_figure(table("iterates"))
-        elif name == "dropout_depth":
-            fig = dropout_depth(table("theory"))
-        elif name == "gradient_norms":
-            fig = gradient_norms(table("gradients"), table("theory") if theory else None)
-        elif name == "universality":
-            frames = []
-            if gradients:
-                frames.append(universality_rows(table("gradients"), source="mfpipe"))
-            if huang_gradients:
-                frames.append(huang_universality_rows(table("huang_gradients")))
-            fig = universality(pd.concat(frames, ignore_index=True))
-        else:
-            fits, cells, boundaries, curves = read_fit_outputs(fit)
-            if name == "trainability":
-                fig = trainability(cells, boundaries, curves, fits, forms=forms, reference=reference)
-            else:
-                fig = fit_summary(boundaries, curves, fits, forms=forms)
+        try:
+            fig = _figure(name, table, given, forms, reference)
+        except InputError as err:
+            if strict:
+                raise
+            print(f"mfpipe figures: skip {name}: {err}", file=sys.stderr)
+            continue
         png = outputs.get(name, outdir / f"{name}.png")
         made.append(save(fig, png))
     return made
+
+
+def _figure(name, table, given, forms, reference):
+    """One figure by name (inputs through ``table(key)``)."""
+    theory, gradients, huang_gradients, fit = (given[k] for k in ("theory", "gradients", "huang_gradients", "fit"))
+    if name == "phase_diagram":
+        fig = phase_diagram(table("theory"))
+    elif name == "iterates":
+        fig = iterates_figure(table("iterates"))
+    elif name == "dropout_depth":
+        fig = dropout_depth(table("theory"))
+    elif name == "gradient_norms":
+        fig = gradient_norms(table("gradients"), table("theory") if theory else None)
+    elif name == "universality":
+        frames = []
+        if gradients:
+            frames.append(universality_rows(table("gradients"), source="mfpipe"))
+        if huang_gradients:
+            frames.append(huang_universality_rows(table("huang_gradients")))
+        fig = universality(pd.concat(frames, ignore_index=True))
+    else:
+        fits, cells, boundaries, curves = read_fit_outputs(fit)
+        if name == "trainability":
+            fig = trainability(cells, boundaries, curves, fits, forms=forms, reference=reference)
+        else:
+            fig = fit_summary(boundaries, curves, fits, forms=forms)
+    return fig
 
 
 def read_fit_outputs(fit_path):
