@@ -204,6 +204,7 @@ def test_iterates_figure_draws_measured_and_predicted_depth_scales(tmp_path):
     assert np.allclose(xi_c, want)
 
 
+@pytest.mark.slow
 def test_a_figure_whose_table_cannot_make_it_is_skipped_unless_asked_for(tmp_path, capsys):
     theory_table(tmp_path / "line.parquet", sigma_b2=[0.05])  # one σ_b²: no phase diagram
     assert main(["figures", "--theory", str(tmp_path / "line.parquet"), "-d", str(tmp_path)]) == 0
