@@ -28,6 +28,9 @@ E = Σ_k out_k² (Huang et al.); a dataset name takes ``n_inputs`` fixed trainin
 (seeded choice) with a 10-way readout and either ``loss = cross_entropy`` (Schoenholz et al.
 Fig. 4) or ``sum_sq``.
 
+Random numbers for weights, the independent copy and masks are drawn on the cell's device:
+a seed reproduces a cell exactly on the same kind of device (CPU results differ from GPU ones).
+
 Rows: one per (init_index, layer, mode) with all cell parameters, ``cell_id``, provenance.
 """
 
@@ -117,15 +120,14 @@ def measure_init(p: dict, init_index: int, x: torch.Tensor, labels, device) -> l
     net = DropoutMLP(x.shape[1], p["width"], p["depth"], out_features, activation=p["activation"],
                      keep_rate=p["keep_rate"], noise=p["noise"], noise_var=p["noise_var"],
                      dropout_input=p["dropout_input"], dtype=torch.float64, device=device)
-    net.initialize(_seed(p["seed"], init_index, 1), p["sigma_w2"], p["sigma_b2"], p["init"])
+    net.initialize(_seed(p["seed"], init_index, 1), p["sigma_w2"], p["sigma_b2"], p["init"], draw_device=device)
     mask_gen = torch.Generator(device=device).manual_seed(_seed(p["seed"], init_index, 2))
     with torch.no_grad():
         trace = net.trace(x, generator=mask_gen)
         forward = forward_statistics(trace)
         delta_out = output_delta(trace["z"][-1], p["loss"], labels)
-        copy_gen = torch.Generator().manual_seed(_seed(p["seed"], init_index, 3))
-        independent = [draw_weight(tuple(w.shape), p["sigma_w2"], p["init"], copy_gen).to(device)
-                       for w in net.weights]
+        copy_gen = torch.Generator(device=device).manual_seed(_seed(p["seed"], init_index, 3))
+        independent = [draw_weight(tuple(w.shape), p["sigma_w2"], p["init"], copy_gen) for w in net.weights]
         rows = []
         for mode, weights in (("real", [w.detach() for w in net.weights]), ("independent", independent)):
             stats = layer_statistics(backward_deltas(net, trace, delta_out, weights), trace)

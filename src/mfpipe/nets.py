@@ -65,8 +65,8 @@ def activation_derivative(name: str, z: torch.Tensor) -> torch.Tensor:
 
 
 def draw_weight(shape: tuple[int, int], sigma_w2: float, init: str, generator: torch.Generator) -> torch.Tensor:
-    """One weight matrix (out, in) in float64 on the CPU."""
-    w = torch.empty(shape, dtype=torch.float64)
+    """One weight matrix (out, in) in float64, on the generator's device."""
+    w = torch.empty(shape, dtype=torch.float64, device=generator.device)
     if init == "gaussian":
         w.normal_(0.0, math.sqrt(sigma_w2 / shape[1]), generator=generator)
     elif init == "orthogonal":
@@ -107,12 +107,18 @@ class DropoutMLP(torch.nn.Module):
         return [tuple(w.shape) for w in self.weights]
 
     @torch.no_grad()
-    def initialize(self, seed: int, sigma_w2: float, sigma_b2: float, init: str = "gaussian") -> "DropoutMLP":
-        """Mean-field initialisation, deterministic for ``seed`` (see module doc)."""
-        gen = torch.Generator().manual_seed(int(seed))
+    def initialize(self, seed: int, sigma_w2: float, sigma_b2: float, init: str = "gaussian",
+                   draw_device: str | torch.device = "cpu") -> "DropoutMLP":
+        """Mean-field initialisation, deterministic for ``seed`` (see module doc).
+
+        Numbers are drawn in float64 on ``draw_device`` (default the CPU, so a seed gives the same
+        network on every machine; gradient cells draw on their GPU, where the CPU would dominate).
+        """
+        gen = torch.Generator(device=draw_device).manual_seed(int(seed))
         for w, b in zip(self.weights, self.biases):
             w.copy_(draw_weight(tuple(w.shape), sigma_w2, init, gen))
-            b.copy_(torch.empty(b.shape, dtype=torch.float64).normal_(0.0, math.sqrt(sigma_b2), generator=gen))
+            b.copy_(torch.empty(b.shape, dtype=torch.float64, device=gen.device)
+                    .normal_(0.0, math.sqrt(sigma_b2), generator=gen))
         return self
 
     def noise_factor(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
