@@ -191,3 +191,19 @@ def test_data_dir_defaults_to_environment(monkeypatch, tmp_path):
     assert data.resolve_data_dir(None) == tmp_path
     monkeypatch.delenv("MFPIPE_DATA_DIR")
     assert data.resolve_data_dir(None) == Path("data")
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_FASHION.exists(), reason="Debian package dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_from_debian_package_is_readable_by_torchvision(tmp_path):
+    ds = data.load_dataset("fashion_mnist", tmp_path, preprocess="unit", eval_size=0)
+    assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
+    np.testing.assert_array_equal(np.bincount(ds.y_train), [6000] * 10)
+    import torchvision
+
+    tv = torchvision.datasets.FashionMNIST(str(tmp_path), train=False, download=False)
+    np.testing.assert_array_equal(tv.targets.numpy(), ds.y_test)
+    np.testing.assert_allclose(tv.data.numpy().reshape(10000, -1)[:50] / 255.0, ds.x_test[:50], rtol=1e-6)
