@@ -22,7 +22,10 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless config files are given (`--configfile config/huang2019.yaml`
+# replaces it instead of being merged into it; `--config key=value` still overrides).
+if not workflow.overwrite_configfiles:
+    workflow.configfile("config/config.yaml")
 
 
 include: "workflow/rules/common.smk"

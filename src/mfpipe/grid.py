@@ -87,8 +87,6 @@ KIND_COMMANDS = {"train": "train-cell", "grad": "grad-cell"}
 #: Result dataset per kind (``mfpipe aggregate`` writes results/<name>.parquet).
 KIND_DATASETS = {"train": "training", "grad": "gradients"}
 
-INPUT_FEATURES = {"mnist": 784, "fashion_mnist": 784, "cifar10": 3072, "mnist5k": 784,
-                  "digits": 64}
 
 
 @dataclass(frozen=True)
@@ -363,33 +361,35 @@ def _lr_setting(raw, where: str):
     return raw, resolve
 
 
+#: Parameters that do not change a cell's cost (estimates are memoised over the others).
+_COST_FREE = frozenset({"seed", "sigma_w2", "sigma_b2", "keep_rate", "noise_var", "activation",
+                        "init", "lr", "noise", "dropout_input", "preprocess", "loss"})
+_COST_CACHE: dict = {}
+
+
 def estimate_cost(kind: str, params: dict, resources: dict) -> tuple[float, int]:
     """Estimated seconds (on the configured device, excluding start-up) and memory (MB) of a cell.
 
-    Training: 6 · batch · (d_in·N + (L−1)·N² + N·10) FLOPs per step at ``flops_per_second``, plus
-    a per-layer-per-step latency floor (small layers are launch-bound on a GPU).  Gradient cells:
-    ``inits`` × two backward modes of a two-input forward/backward.
+    FLOPs and peak memory come from the cell code's own model (``mfpipe.cells.estimated_cost``),
+    the time from ``flops_per_second`` plus a latency floor of ``seconds_per_layer_step`` per
+    layer and training step (small layers are launch-bound on a GPU: forward + backward +
+    update ≈ 3 passes).
     """
-    width, depth = params["width"], params["depth"]
-    d_in = INPUT_FEATURES.get(params.get("dataset"), width)  # gaussian inputs: dimension N
-    weights = d_in * width + max(depth - 1, 0) * width * width + width * 10
-    flops_rate = float(resources["flops_per_second"])
-    latency = float(resources["seconds_per_layer_step"]) * depth
-    if kind == "train":
-        steps, batch = params["steps"], params["batch_size"]
-        n_checks = len(params.get("checkpoints") or [steps])
-        eval_examples = 2 * (params.get("eval_size") or 5000)
-        flops = 6.0 * batch * weights * steps + 2.0 * eval_examples * weights * n_checks
-        seconds = flops / flops_rate + steps * 3 * latency + n_checks * latency
-        mem_mb = int(resources["mem_mb_base"] + 4 * 4 * weights / 1e6
-                     + 4 * batch * width * depth * 3 / 1e6)
-    else:
-        inits = params["inits"]
-        n_inputs = params.get("n_inputs", 2)
-        flops = inits * 2 * 3 * 2.0 * n_inputs * weights * 4  # float64 ≈ 4× slower
-        seconds = flops / flops_rate + inits * 2 * 3 * latency
-        mem_mb = int(resources["mem_mb_base"] + 8 * 3 * weights / 1e6)
-    return seconds, mem_mb
+    key = (kind, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                              for k, v in params.items() if k not in _COST_FREE)),
+           float(resources["flops_per_second"]), float(resources["seconds_per_layer_step"]),
+           int(resources["mem_mb_base"]))
+    hit = _COST_CACHE.get(key)
+    if hit is None:
+        from mfpipe.cells import estimated_cost
+
+        cost = estimated_cost(kind, params)
+        passes = 3 * params.get("steps", 0) if kind == "train" else 3 * 2 * params.get("inits", 1)
+        seconds = (cost["flops"] / float(resources["flops_per_second"])
+                   + passes * params["depth"] * float(resources["seconds_per_layer_step"]))
+        mem_mb = int(resources["mem_mb_base"]) + math.ceil(cost["peak_bytes"] / 2**20)
+        hit = _COST_CACHE[key] = (seconds, mem_mb)
+    return hit
 
 
 def runtime_minutes(seconds: float, resources: dict, attempt: int = 1) -> int:
@@ -520,6 +520,14 @@ class _CellMaker:
         self.params = parameters(self.kind)
         self.keys: dict[str, int] = {}
         self.has_steps = self.kind == "train"
+        self.flags: dict = {}  # (name, value) -> flag text: each value is formatted once
+
+    def _flag(self, param: Param, value) -> str:
+        key = (param.name, tuple(value) if isinstance(value, list) else value)
+        text = self.flags.get(key)
+        if text is None:
+            text = self.flags[key] = _flag_text(param, value)
+        return text
 
     def add(self, axis_values: dict, key: str, overrides: dict | None = None, where: str = ""):
         params = dict(self.fixed)
@@ -542,7 +550,7 @@ class _CellMaker:
                              f"a cell with its own path; it differs from the cell at that path "
                              f"only in {', '.join(diff)}, which are not grid parameters of this "
                              f"study (list them under grid, or use a separate study)")
-        args = " ".join([_flag_text(p, params[p.name]) for p in self.params])
+        args = " ".join([self._flag(p, params[p.name]) for p in self.params])
         seconds, mem_mb = estimate_cost(self.kind, params, self.resources)
         self.keys[key] = len(self.study.cells)
         self.study.cells.append(Cell(self.study.name, self.kind, key, params, args, seconds, mem_mb))
@@ -703,6 +711,40 @@ def _param_schema(p: Param, *, axis: bool) -> dict:
             "anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
 
 
+THEORY_MAP_DEFAULT = {"activation": "tanh", "sigma_w2": "0.5:4.5:81", "sigma_b2": "0:0.3:31",
+                      "keep_rate": [1, 0.99, 0.98, 0.94]}
+THEORY_ITERATES_DEFAULT = {"activation": "tanh", "sigma_w2": [1.0, 1.5, 1.76, 2.5, 4.0],
+                           "sigma_b2": 0.05, "keep_rate": 1, "depth": 60}
+
+
+def _theory_grid_schema(description: str, default: dict, depth: bool = False) -> dict:
+    axis = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _AXIS_TEXT},
+                      {"type": "array", "minItems": 1,
+                       "items": {"anyOf": [{"type": "number"},
+                                           {"type": "string", "pattern": _AXIS_TEXT}]}}],
+            "description": "a number, a list, a comma list or a range start:stop:count"}
+    props = {"enabled": {"type": "boolean", "default": True},
+             "activation": {"type": "string", "enum": ["tanh", "relu", "erf", "linear",
+                                                       "hard_tanh"]},
+             "sigma_w2": axis, "sigma_b2": axis, "keep_rate": axis}
+    if depth:
+        props["depth"] = {"type": "integer", "minimum": 1}
+    return {"type": "object", "additionalProperties": False, "description": description,
+            "default": dict(default), "properties": props}
+
+
+def theory_grid_args(spec: dict | None, default: dict, depth: bool = False) -> str:
+    """`mfpipe theory` / `mfpipe iterates` flags for a theory section of the config."""
+    spec = {**default, **(spec or {})}
+    parts = [f"--activation {spec['activation']}"]
+    for name in ("sigma_w2", "sigma_b2", "keep_rate"):
+        values = parse_values(spec[name], f"theory.{name}")
+        parts.append(f"--{name.replace('_', '-')} {','.join(format_number(v) for v in values)}")
+    if depth:
+        parts.append(f"--depth {int(spec['depth'])}")
+    return " ".join(parts)
+
+
 def config_schema() -> dict:
     """The JSON schema of a workflow config (workflow/schemas/config.schema.yaml is this,
     written out by ``python -m mfpipe.grid --write-schema``; a test keeps them equal)."""
@@ -763,10 +805,19 @@ def config_schema() -> dict:
                          "description": "dataset directory (cached arrays under mfpipe-cache/)"},
             "device": {"type": "string", "enum": ["auto", "cpu", "cuda"], "default": "auto",
                        "description": "device of cell jobs: auto, cpu or cuda"},
-            "theory": {"type": "object", "additionalProperties": False, "default": {},
-                       "properties": {"enabled": {"type": "boolean", "default": True,
-                                                  "description": "theory table of the grid's "
-                                                                 "points"}}},
+            "theory": {
+                "type": "object", "additionalProperties": False, "default": {},
+                "description": "theory tables: the grid's points, a dense map, iterates",
+                "properties": {
+                    "enabled": {"type": "boolean", "default": True,
+                                "description": "theory table of the grid's points"},
+                    "map": _theory_grid_schema(
+                        "dense table over (σ_w², σ_b², ρ) for the phase diagram and ξ_c(σ_w², ρ)",
+                        THEORY_MAP_DEFAULT),
+                    "iterates": _theory_grid_schema(
+                        "q^l, c^l iterates with fitted depth scales (figure iterates)",
+                        THEORY_ITERATES_DEFAULT, depth=True),
+                }},
             "aggregate": {"type": "boolean", "default": True,
                           "description": "merge cells into results/<kind>.parquet"},
             "fit": {"type": "object", "additionalProperties": False, "default": {},
@@ -786,7 +837,14 @@ def config_schema() -> dict:
                         "forms": {"type": "string", "description": "comma list of fit forms"},
                         "seed": {"type": "integer", "minimum": 0}}},
             "figures": {"type": "object", "additionalProperties": False, "default": {},
-                        "properties": {"enabled": {"type": "boolean", "default": True}}},
+                        "description": "options of `mfpipe figures`",
+                        "properties": {
+                            "enabled": {"type": "boolean", "default": True},
+                            "forms": {"type": "string",
+                                      "description": "fitted forms overlaid, comma list"},
+                            "reference": {"type": "string",
+                                          "description": "published rules drawn dotted, e.g. "
+                                                         "'6*xi_c' or '12*xi_1,6*xi_c'"}}},
             "resources": {"type": "object", "additionalProperties": False, "default": {},
                           "properties": resource_props},
             "studies": {

@@ -15,6 +15,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from importlib.util import find_spec
@@ -23,8 +24,9 @@ from snakemake.exceptions import WorkflowError
 
 from mfpipe.errors import InputError
 from mfpipe.values import format_number
-from mfpipe.grid import (KIND_COMMANDS, KIND_DATASETS, build_studies, engine_versions,
-                         resources_of, runtime_minutes)
+from mfpipe.grid import (KIND_COMMANDS, KIND_DATASETS, THEORY_ITERATES_DEFAULT,
+                         THEORY_MAP_DEFAULT, build_studies, engine_versions, resources_of,
+                         runtime_minutes, theory_grid_args)
 
 try:
     STUDIES = build_studies(config)
@@ -150,6 +152,49 @@ for _study in STUDIES.values():
             + (f"--keep-rate {_fmt(_third)}" if _noise == "dropout" else f"--noise-var {_fmt(_third)}"))
 THEORY_TABLES = [f"results/theory/{key}.parquet" for key in THEORY_ARGS]
 
+THEORY_CONFIG = config.get("theory", {})
+THEORY_MAP_ARGS = theory_grid_args(THEORY_CONFIG.get("map"), THEORY_MAP_DEFAULT)
+THEORY_ITERATES_ARGS = theory_grid_args(THEORY_CONFIG.get("iterates"), THEORY_ITERATES_DEFAULT,
+                                        depth=True)
+HAS_MAP = stage_available("mfpipe.theory.cli") and THEORY_CONFIG.get("map", {}).get("enabled", True)
+HAS_ITERATES = (stage_available("mfpipe.theory.cli_iterates")
+                and THEORY_CONFIG.get("iterates", {}).get("enabled", True))
+
+# Figures and the tables each is drawn from (`mfpipe figures` flag -> file).
+FIT_TABLES = ["results/fit.parquet", "results/fit.boundaries.parquet", "results/fit.cells.parquet",
+              "results/fit.curves.parquet"]
+FIGURE_INPUTS = {}
+if HAS_FIGURES:
+    if HAS_MAP:
+        FIGURE_INPUTS["phase_diagram"] = {"theory": "results/theory_map.parquet"}
+        FIGURE_INPUTS["dropout_depth"] = {"theory": "results/theory_map.parquet"}
+    if HAS_ITERATES:
+        FIGURE_INPUTS["iterates"] = {"iterates": "results/iterates.parquet"}
+    if CELL_PATHS["grad"]:
+        FIGURE_INPUTS["gradient_norms"] = {"gradients": "results/gradients.parquet"}
+        if HAS_THEORY:
+            FIGURE_INPUTS["gradient_norms"]["theory"] = "results/theory.parquet"
+        FIGURE_INPUTS["universality"] = {"gradients": "results/gradients.parquet"}
+    if HAS_FIT:
+        FIGURE_INPUTS["trainability"] = {"fit": "results/fit.parquet"}
+        FIGURE_INPUTS["fit_summary"] = {"fit": "results/fit.parquet"}
+_FIGURES_CONFIG = config.get("figures", {})
+FIGURE_OPTIONS = " ".join(f"--{key} {shlex.quote(str(_FIGURES_CONFIG[key]))}"
+                          for key in ("forms", "reference") if key in _FIGURES_CONFIG)
+
+
+def figure_inputs(wildcards):
+    inputs = dict(FIGURE_INPUTS[wildcards.name])
+    if "fit" in inputs:
+        inputs["fit_tables"] = FIT_TABLES
+    return inputs
+
+
+def figure_flags(wildcards):
+    return " ".join(f"--{flag.replace('_', '-')} {shlex.quote(path)}"
+                    for flag, path in sorted(FIGURE_INPUTS[wildcards.name].items()))
+
+
 ALL_TARGETS = []
 if DO_AGGREGATE:
     ALL_TARGETS += [f"results/{KIND_DATASETS[kind]}.parquet" for kind in KIND_COMMANDS
@@ -160,3 +205,4 @@ if HAS_THEORY and DO_AGGREGATE:
     ALL_TARGETS.append("results/theory.parquet")
 if HAS_FIT:
     ALL_TARGETS.append("results/fit.parquet")
+ALL_TARGETS += [f"results/figures/{name}.png" for name in FIGURE_INPUTS]

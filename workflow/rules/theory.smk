@@ -14,3 +14,28 @@ rule theory_table:
         point=r"[a-z_]+-[a-z]+",
     shell:
         "{MFPIPE} theory {params.args} -o {output:q} > {log:q} 2>&1"
+
+
+rule theory_map:
+    # Dense table over (σ_w², σ_b², ρ): phase diagram and ξ_c(σ_w², ρ) figures.
+    output:
+        "results/theory_map.parquet",
+    log:
+        "logs/theory/map.log",
+    params:
+        args=THEORY_MAP_ARGS,
+    localrule: True
+    shell:
+        "{MFPIPE} theory {params.args} -o {output:q} > {log:q} 2>&1"
+
+
+rule theory_iterates:
+    output:
+        "results/iterates.parquet",
+    log:
+        "logs/theory/iterates.log",
+    params:
+        args=THEORY_ITERATES_ARGS,
+    localrule: True
+    shell:
+        "{MFPIPE} iterates {params.args} -o {output:q} > {log:q} 2>&1"

@@ -1,0 +1,150 @@
+"""`mfpipe status`: what a config's grid has done, what is stale and what is left.
+
+For each study: the number of cells, and how many are
+
+* ``done``: the output exists and Snakemake's record of it (``.snakemake/metadata``) holds the
+  cell's current parameters (the flags string and engine version the workflow passes);
+* ``stale``: the output exists but was made with other parameters (a changed study setting, a
+  bumped engine version) or its job was interrupted (``.snakemake/incomplete``): the next run
+  recomputes it;
+* ``missing``: no output yet;
+
+plus the estimated GPU-hours of the stale and missing cells (``resources`` of the config:
+FLOP/s and per-layer latency of the target device, the same model that sets SLURM runtimes).
+Outputs without a Snakemake record (copied in, or made outside the workflow) count as done,
+as Snakemake itself treats them.
+
+The config is checked exactly as the workflow checks it (same schema, same messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from base64 import urlsafe_b64encode
+from pathlib import Path
+
+from mfpipe.grid import (KIND_COMMANDS, build_studies, config_from_args, engine_versions,
+                         resources_of)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configfile", action="append", default=None, metavar="YAML",
+                        help="config file(s), later ones override (default: config/config.yaml, "
+                             "as the Snakefile)")
+    parser.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--directory", "-d", default=".",
+                        help="workflow directory holding results/ and .snakemake/ (default: .)")
+    parser.add_argument("--study", default=None, help="only this study")
+    parser.add_argument("--list", choices=("stale", "missing", "left", "done"), default=None,
+                        help="also print the paths of the cells in this state (left = stale + missing)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _record_path(metadata_dir: Path, target: str, max_len: int) -> Path:
+    """Where Snakemake's file persistence keeps the record of ``target`` (persistence/file.py)."""
+    b64 = urlsafe_b64encode(target.encode()).decode()
+    parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    parts = ["@" + p for p in parts[:-1]] + [parts[-1]]
+    return metadata_dir.joinpath(*parts)
+
+
+def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, dict[str, list]]:
+    """study -> state -> list of cells."""
+    root = Path(directory)
+    metadata = root / ".snakemake" / "metadata"
+    incomplete = root / ".snakemake" / "incomplete"
+    try:
+        max_len = os.pathconf(root, "PC_NAME_MAX") or 255
+    except (OSError, ValueError):
+        max_len = 255
+    engines = engine_versions()
+    out: dict[str, dict[str, list]] = {}
+    for study in studies.values():
+        states = {"done": [], "stale": [], "missing": []}
+        engine = repr(engines[study.kind])
+        for cell in study.cells:
+            if not (root / cell.path).exists():
+                states["missing"].append(cell)
+                continue
+            if _record_path(incomplete, cell.path, max_len).exists():
+                states["stale"].append(cell)
+                continue
+            record_file = _record_path(metadata, cell.path, max_len)
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError):
+                states["done"].append(cell)  # no record: Snakemake treats it as up to date
+                continue
+            recorded = record.get("params")
+            expected = sorted([repr(cell.args), engine])
+            if recorded is not None and sorted(recorded) != expected:
+                states["stale"].append(cell)
+            else:
+                states["done"].append(cell)
+        out[study.name] = states
+    return out
+
+
+def summarise(studies: dict, states: dict, resources: dict) -> dict:
+    gpus = float(resources["gpus_per_cell"]) or 1.0
+    startup = float(resources["startup_seconds"])
+    rows = []
+    for name, study in studies.items():
+        s = states[name]
+        left = s["stale"] + s["missing"]
+        seconds = sum(c.seconds + startup for c in left)
+        rows.append({"study": name, "kind": study.kind, "cells": len(study.cells),
+                     "done": len(s["done"]), "stale": len(s["stale"]),
+                     "missing": len(s["missing"]),
+                     "gpu_hours_left": round(seconds * gpus / 3600.0, 4)})
+    total = {k: sum(r[k] for r in rows) for k in ("cells", "done", "stale", "missing")}
+    total["gpu_hours_left"] = round(sum(r["gpu_hours_left"] for r in rows), 4)
+    return {"studies": rows, "total": total}
+
+
+def _table(summary: dict) -> str:
+    header = ["study", "kind", "cells", "done", "stale", "missing", "GPU-hours left"]
+    rows = [[r["study"], r["kind"], r["cells"], r["done"], r["stale"], r["missing"],
+             f"{r['gpu_hours_left']:.3g}"] for r in summary["studies"]]
+    t = summary["total"]
+    rows.append(["total", "", t["cells"], t["done"], t["stale"], t["missing"],
+                 f"{t['gpu_hours_left']:.3g}"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = []
+    for i, row in enumerate([header] + rows):
+        cells = [str(x).ljust(w) if j < 2 else str(x).rjust(w)
+                 for j, (x, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0 or i == len(rows) - 1:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    studies = build_studies(config)
+    if args.study is not None:
+        if args.study not in studies:
+            from mfpipe.errors import InputError
+
+            raise InputError("--study", args.study, ", ".join(studies))
+        studies = {args.study: studies[args.study]}
+    states = cell_states(studies, args.directory)
+    summary = summarise(studies, states, resources_of(config))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_table(summary))
+        print(f"GPU-hours: estimates for {', '.join(sorted(KIND_COMMANDS))} cells from "
+              f"depth × width × steps at resources.flops_per_second = "
+              f"{resources_of(config)['flops_per_second']:.3g} FLOP/s (see mfpipe.grid).")
+    if args.list:
+        wanted = ["stale", "missing"] if args.list == "left" else [args.list]
+        for name in studies:
+            for state in wanted:
+                for cell in states[name][state]:
+                    print(f"{state}\t{cell.path}", file=sys.stdout)
+    return 0
