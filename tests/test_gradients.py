@@ -113,6 +113,19 @@ def test_grad_cell_cli_and_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_additive_noise_length_map_follows_theory():
+    """ReLU with additive noise (Pretorius): q^l = σ_w² (q^{l-1}/2 + σ_ε²) + σ_b², measured in a wide net."""
+    from mfpipe.theory import iterate_q
+
+    params = {"activation": "relu", "sigma_w2": 2.0, "sigma_b2": 0.1, "noise": "additive", "noise_var": 0.5,
+              "depth": 8, "width": 1024, "inits": 2, "n_inputs": 8}
+    table = gradients.run_grad_cell(params, progress=False).to_pandas()
+    q = table[table["mode"] == "real"].groupby("layer")["q_l"].mean().to_numpy()
+    theory = np.asarray(iterate_q("relu", 2.0, 0.1, float(q[0]), 7, noise="additive", noise_var=0.5))
+    np.testing.assert_allclose(q, theory, rtol=0.05)
+    assert theory[-1] > theory[0] + 5  # grows by σ_w² σ_ε² + σ_b² = 1.1 per layer
+
+
 def fitted_depth_scale(table: "pd.DataFrame", mode: str, lo: int, hi: int) -> float:  # noqa: F821
     """1/slope of log(geometric mean over inits of ‖∇_{W^l}E‖²) against l, layers lo..hi-1."""
     sub = table[table["mode"] == mode]

@@ -107,3 +107,16 @@ def test_forward_matches_theory_equation_with_explicit_masks():
             expect = y @ net.weights[0].detach().T + net.biases[0].detach()
         torch.testing.assert_close(trace["z"][l], expect)
     assert math.isclose(net.keep_rate, rho)
+
+
+def test_additive_noise_adds_variance_and_keeps_derivatives():
+    net = DropoutMLP(4, 3000, 3, 4, activation="linear", noise="additive", noise_var=0.5,
+                     dtype=torch.float64).initialize(0, 1.0, 0.0)
+    x = torch.zeros(8, 4, dtype=torch.float64)
+    trace = net.trace(x, generator=torch.Generator().manual_seed(4))
+    assert trace["factors"][1] is None  # d(y + ε)/dy = 1: nothing for the backward pass
+    noise = trace["inputs"][1] - trace["z"][0]  # linear φ: y^1 = z^0
+    assert float(noise.mean()) == pytest.approx(0.0, abs=0.01)
+    assert float(noise.var()) == pytest.approx(0.5, rel=0.02)
+    net.train()
+    assert not torch.equal(net(x)[0], net(x)[0])

@@ -67,6 +67,8 @@ def test_complete_params_defaults_identity_and_resolution():
     ({"optimizer": "lbfgs"}, "optimizer"),
     ({"noise_var": 0.1}, "noise_var"),
     ({"noise": "gaussian", "keep_rate": 0.9}, "keep_rate"),
+    ({"noise": "additive", "keep_rate": 0.9}, "keep_rate"),
+    ({"noise": "salt"}, "noise"),
     ({"colour": "red"}, "parameter"),
     ({"dataset": "gaussian"}, "dataset"),
 ])

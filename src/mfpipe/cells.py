@@ -30,7 +30,7 @@ from mfpipe.values import clean_float
 
 # Kept in sync with mfpipe.nets (not imported here: that would import torch).
 ACTIVATIONS = ("tanh", "relu", "erf", "linear", "hard_tanh")
-NOISES = ("dropout", "gaussian")
+NOISES = ("dropout", "gaussian", "additive")
 INITS = ("gaussian", "orthogonal")
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 GRAD_INPUTS = ("gaussian",) + DATASETS
@@ -48,9 +48,10 @@ _NETWORK_PARAMS = {
     "keep_rate": {"type": "float", "default": 1.0, "min_exclusive": 0.0, "max": 1.0,
                   "help": "dropout keep probability ρ (1 = no dropout)"},
     "noise": {"type": "str", "default": "dropout", "allowed": list(NOISES),
-              "help": "multiplicative noise: dropout (keep_rate) or gaussian N(1, noise_var)"},
+              "help": "noise on layer inputs: dropout (keep_rate), gaussian (multiplicative N(1, noise_var)) "
+                      "or additive (N(0, noise_var))"},
     "noise_var": {"type": "float", "default": 0.0, "min": 0.0,
-                  "help": "variance of the gaussian multiplicative noise (noise=gaussian only)"},
+                  "help": "variance of the gaussian/additive noise (not with noise=dropout)"},
     "dropout_input": {"type": "bool", "default": False,
                       "help": "apply the noise to the network input too (Pretorius: yes, Huang: no)"},
     "init": {"type": "str", "default": "gaussian", "allowed": list(INITS),
@@ -221,8 +222,8 @@ def complete_params(kind: str, params: dict) -> dict:
         out[name] = _coerce(name, spec, value)
     if out["noise"] == "dropout" and out["noise_var"] != 0.0:
         raise InputError("noise_var", out["noise_var"], "0 when noise=dropout (use keep_rate)")
-    if out["noise"] == "gaussian" and out["keep_rate"] != 1.0:
-        raise InputError("keep_rate", out["keep_rate"], "1 when noise=gaussian (use noise_var)")
+    if out["noise"] != "dropout" and out["keep_rate"] != 1.0:
+        raise InputError("keep_rate", out["keep_rate"], f"1 when noise={out['noise']} (use noise_var)")
     if kind == "train":
         if any(c > out["steps"] for c in out["checkpoints"]):
             raise InputError("checkpoints", out["checkpoints"], f"steps between 0 and steps={out['steps']}")

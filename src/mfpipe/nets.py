@@ -17,6 +17,8 @@ input y^0 only when ``dropout_input`` is set (Huang: no; Pretorius: yes):
 * ``noise="dropout"``: inverted dropout, ε = m/ρ with m ~ Bernoulli(ρ), ρ = ``keep_rate``
   (so z^l = (1/ρ) W^l (m^l ⊙ y^l) + b^l exactly as in THEORY.md; μ2 = E[ε²] = 1/ρ).
 * ``noise="gaussian"``: ε ~ N(1, ``noise_var``) (μ2 = 1 + noise_var).
+* ``noise="additive"`` (Pretorius et al.): not multiplicative: the layer input is y^l + ε^l with
+  ε ~ N(0, ``noise_var``), so q^l = σ_w² (∫Dz φ² + noise_var) + σ_b².
 
 Noise is active in training mode and off in eval mode (``net.eval()``), as usual in PyTorch.
 
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = ("tanh", "relu", "erf", "linear", "hard_tanh")
-NOISES = ("dropout", "gaussian")
+NOISES = ("dropout", "gaussian", "additive")
 INITS = ("gaussian", "orthogonal")
 
 
@@ -101,7 +103,7 @@ class DropoutMLP(torch.nn.Module):
     @property
     def noisy(self) -> bool:
         return (self.noise == "dropout" and self.keep_rate < 1.0) or (
-            self.noise == "gaussian" and self.noise_var > 0.0)
+            self.noise in ("gaussian", "additive") and self.noise_var > 0.0)
 
     def layer_dims(self) -> list[tuple[int, int]]:
         return [tuple(w.shape) for w in self.weights]
@@ -122,7 +124,7 @@ class DropoutMLP(torch.nn.Module):
         return self
 
     def noise_factor(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """ε for a tensor shaped like ``y`` (independent per element)."""
+        """Multiplicative ε for a tensor shaped like ``y`` (independent per element)."""
         if self.noise == "dropout":
             mask = torch.empty_like(y).bernoulli_(self.keep_rate, generator=generator)
             return mask / self.keep_rate
@@ -134,6 +136,8 @@ class DropoutMLP(torch.nn.Module):
             return y
         if self.noise == "dropout":
             return F.dropout(y, p=1.0 - self.keep_rate, training=True)  # fused inverted dropout
+        if self.noise == "additive":
+            return y + math.sqrt(self.noise_var) * torch.randn_like(y)
         return y * self.noise_factor(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +154,8 @@ class DropoutMLP(torch.nn.Module):
     def trace(self, x: torch.Tensor, generator: torch.Generator | None = None, noise: bool = True) -> dict:
         """Forward pass keeping what manual back-propagation needs.
 
-        Returns ``inputs`` [ε^l ⊙ y^l], ``factors`` [ε^l or None], ``z`` [z^l] for l = 0..L-1.
+        Returns ``inputs`` [ε^l ⊙ y^l (additive: y^l + ε^l)], ``factors`` [multiplicative ε^l, or
+        None where the layer input's derivative w.r.t. y^l is 1], ``z`` [z^l] for l = 0..L-1.
         Noise (when ``noise`` and the net is noisy) is drawn from ``generator``.
         """
         inputs, factors, zs = [], [], []
@@ -160,8 +165,12 @@ class DropoutMLP(torch.nn.Module):
                 h = self.phi(zs[-1])
             eps = None
             if noise and self.noisy and (l > 0 or self.dropout_input):
-                eps = self.noise_factor(h, generator)
-                h = h * eps
+                if self.noise == "additive":
+                    h = h + math.sqrt(self.noise_var) * torch.randn(
+                        h.shape, dtype=h.dtype, device=h.device, generator=generator)
+                else:
+                    eps = self.noise_factor(h, generator)
+                    h = h * eps
             factors.append(eps)
             inputs.append(h)
             zs.append(torch.addmm(b, h, w.t()))
