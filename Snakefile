@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # The embedded default, unless config files are given (`--configfile config/huang2019.yaml`
 # replaces it instead of being merged into it; `--config key=value` still overrides).
 if not workflow.overwrite_configfiles:
-    workflow.configfile("config/config.yaml")
+    workflow.configfile(str(Path(workflow.basedir) / "config" / "config.yaml"))
 
 
 include: "workflow/rules/common.smk"

@@ -88,6 +88,15 @@ def _run_inline(argv: list[str]) -> int:
 
 # ----------------------------------------------------------------------------- naming
 
+def server_pids(directory: str | os.PathLike | None = None) -> list[int]:
+    """PIDs of the pool servers of a pool directory (from their .pid files)."""
+    pids = []
+    for path in Path(directory or pool_dir()).glob("*.sock.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(path.read_text().strip()))
+    return pids
+
+
 def pool_dir() -> Path:
     path = Path(os.environ.get("MFPIPE_POOL_DIR") or f"/tmp/mfpipe-pool-{os.getuid()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -257,6 +266,7 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
     listener.listen(128)
     os.replace(tmp, path)  # appear only when ready to accept
     ino = os.stat(path).st_ino
+    Path(f"{path}.pid").write_text(f"{os.getpid()}\n")
     print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} ready: {module} at {path}",
           flush=True)
     sources = loaded_sources()  # a request after any of these changed restarts the server
@@ -295,6 +305,9 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
         else:
             children.add(_fork_child(conn, listener))
     listener.close()
+    with contextlib.suppress(OSError):
+        if Path(f"{path}.pid").read_text().strip() == str(os.getpid()):
+            os.unlink(f"{path}.pid")
     why = "mfpipe sources changed" if stale else f"idle for {idle_timeout:g} s"
     print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} exiting: {why}", flush=True)
 

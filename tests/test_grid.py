@@ -1,0 +1,211 @@
+"""mfpipe.grid: config → cells (paths, flags, identities), validation, the schema, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mfpipe import cells as cellmod
+from mfpipe.errors import InputError
+from mfpipe.grid import (ConfigError, build_studies, cell_id, config_schema, engine_versions,
+                         runtime_minutes, resources_of, schema_path)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def study(grid=None, settings=None, extra=None, kind="train"):
+    spec = {"kind": kind, "grid": grid or {}}
+    if settings is not None:
+        spec["settings"] = settings
+    if extra is not None:
+        spec["extra_cells"] = extra
+    return spec
+
+
+def cells_of(config, name="s"):
+    return build_studies(config)[name].cells
+
+
+def test_product_paths_and_canonical_numbers():
+    config = {"studies": {"s": study({"depth": [2, 4], "sigma_w2": "1:2:3",
+                                      "keep_rate": [1.0, "0.98"], "seed": [0, 1]},
+                                     {"steps": 10})}}
+    got = cells_of(config)
+    assert len(got) == 2 * 3 * 2 * 2
+    paths = [c.path for c in got]
+    assert len(set(paths)) == len(paths)
+    assert paths[0] == "results/cells/s/depth=2/sigma_w2=1/keep_rate=1/seed=0.parquet"
+    assert "results/cells/s/depth=4/sigma_w2=1.5/keep_rate=0.98/seed=1.parquet" in paths
+    # 1, 1.0 and "1.00" are one value; a range gives clean numbers (no 1.4999999999)
+    again = {"studies": {"s": study({"depth": "2,4", "sigma_w2": [1, 1.5, "2.00"],
+                                     "keep_rate": "1,0.98", "seed": [0, 1]}, {"steps": 10})}}
+    assert [c.path for c in cells_of(again)] == paths
+    assert [c.args for c in cells_of(again)] == [c.args for c in got]
+
+
+def test_cell_params_are_the_cells_own_identity_and_flags_round_trip():
+    """What the workflow passes is what `train-cell` computes: same completed params, same id."""
+    config = {"studies": {"s": study({"depth": [3, 250], "sigma_w2": [1.76]},
+                                     {"lr": "1e-3,200:1e-4", "steps": 50,
+                                      "checkpoints": [10, 45, 9999], "dropout_input": True}),
+                          "g": study({"depth": 5, "keep_rate": [0.9]}, {"inits": 3}, kind="grad")}}
+    studies = build_studies(config)
+    for st in studies.values():
+        for cell in st.cells:
+            full, identity = cellmod.cell_identity(cell.kind, cell.params)
+            assert full == cell.params
+            assert cell.id == identity == cell_id(full)
+            parser = argparse.ArgumentParser()
+            cellmod.add_common_arguments(parser, cell.kind)
+            args = parser.parse_args(cell.args.split())
+            assert cellmod.complete_params(cell.kind, cellmod.params_from_args(args, cell.kind)) == full
+    lrs = {c.params["depth"]: c.params["lr"] for c in studies["s"].cells}
+    assert lrs == {3: 0.001, 250: 0.0001}  # the depth rule, resolved per cell
+    # checkpoints beyond steps are dropped, the final step is always recorded
+    assert studies["s"].cells[0].params["checkpoints"] == [10, 45, 50]
+    assert "--dropout-input" in studies["s"].cells[0].args
+
+
+def test_new_grid_value_adds_paths_and_setting_change_touches_only_its_study():
+    base = {"studies": {"a": study({"depth": [2, 4], "seed": [0]}, {"steps": 10}),
+                        "b": study({"depth": [2]}, {"steps": 10})}}
+    old = {c.path: c.args for st in build_studies(base).values() for c in st.cells}
+
+    more = json.loads(json.dumps(base))
+    more["studies"]["a"]["grid"]["seed"] = [0, 1]
+    new = {c.path: c.args for st in build_studies(more).values() for c in st.cells}
+    assert all(new[p] == a for p, a in old.items())  # existing cells unchanged
+    assert len(set(new) - set(old)) == 2
+
+    steps = json.loads(json.dumps(base))
+    steps["studies"]["a"]["settings"]["steps"] = 20
+    new = {c.path: c.args for st in build_studies(steps).values() for c in st.cells}
+    assert set(new) == set(old)
+    changed = sorted(p for p in old if new[p] != old[p])
+    assert changed == sorted(p for p in old if p.startswith("results/cells/a/"))
+
+
+def test_extra_cells():
+    config = {"studies": {"s": study({"depth": [2, 4], "sigma_w2": 1.5}, {"steps": 10},
+                                     extra=[{"depth": 8}, {"depth": 2, "sigma_w2": 1.5}])}}
+    got = cells_of(config)
+    assert [c.params["depth"] for c in got] == [2, 4, 8]  # the repeat of a grid cell is one cell
+    # an extra cell that differs only in a non-grid setting cannot have its own path
+    clash = {"studies": {"s": study({"depth": [2, 4]}, {"steps": 10},
+                                    extra=[{"depth": 2, "steps": 99}])}}
+    with pytest.raises(ConfigError, match=r"extra_cells\[0\].*differs .* only in .*steps"):
+        build_studies(clash)
+    # a grid parameter with several values must be named
+    vague = {"studies": {"s": study({"depth": [2, 4], "seed": [0, 1]}, extra=[{"seed": 5}])}}
+    with pytest.raises(ConfigError, match=r"extra_cells\[0\]\.depth.*several: 2, 4"):
+        build_studies(vague)
+
+
+def test_every_problem_is_named_with_allowed_values():
+    config = {"studies": {
+        "t": study({"activation": ["tanh", "sigmoid"], "keep_rate": [1, 1.5], "colour": 1},
+                   {"optimizer": "lbfgs", "lr": "fast"}),
+        "g": {"kind": "gradient"}}}
+    with pytest.raises(ConfigError) as info:
+        build_studies(config)
+    text = str(info.value)
+    for needle in ("studies.t.grid.activation", "tanh, relu, erf", "studies.t.grid.keep_rate",
+                   "≤ 1", "colour", "studies.t.settings.optimizer", "sgd, rmsprop, adam",
+                   "studies.t.settings.lr", "depth rule", "studies.g.kind", "train, grad"):
+        assert needle in text, needle
+    assert len(info.value.problems) == 6
+    assert isinstance(info.value, InputError)
+
+
+def test_semantic_checks_beyond_the_schema():
+    with pytest.raises(ConfigError, match=r"studies.s.grid.depth.*integer"):
+        build_studies({"studies": {"s": study({"depth": "1:4:3"})}})  # 1, 2.5, 4
+    with pytest.raises(ConfigError, match=r"studies.s.grid.sigma_w2.*> 0"):
+        build_studies({"studies": {"s": study({"sigma_w2": "0:2:3"})}})
+    with pytest.raises(ConfigError, match="grid or in settings, not both"):
+        build_studies({"studies": {"s": study({"depth": 2}, {"depth": 3})}})
+
+
+def test_schema_file_is_the_generated_schema():
+    on_disk = yaml.safe_load(schema_path().read_text())
+    assert on_disk == json.loads(json.dumps(config_schema())), \
+        "run `python -m mfpipe.grid --write-schema`"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "schoenholz2017.yaml", "huang2019.yaml",
+                                  "pretorius2018.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    studies = build_studies(config)
+    assert sum(len(s.cells) for s in studies.values()) > 0
+    for st in studies.values():
+        for cell in st.cells[:50]:
+            assert cellmod.complete_params(cell.kind, cell.params) == cell.params
+
+
+def test_resource_estimates_grow_with_the_cell_and_retries():
+    config = {"studies": {"s": study({"depth": [10, 100], "width": [100, 400]},
+                                     {"steps": 1000, "dataset": "mnist"})}}
+    got = {(c.params["depth"], c.params["width"]): c for c in cells_of(config)}
+    assert got[100, 400].seconds > got[10, 400].seconds > got[10, 100].seconds
+    assert got[100, 400].mem_mb > got[10, 100].mem_mb
+    res = resources_of(config)
+    assert runtime_minutes(got[100, 400].seconds, res, attempt=2) == \
+        2 * runtime_minutes(got[100, 400].seconds, res, attempt=1)
+    assert runtime_minutes(0.0, res) == res["min_runtime_minutes"]
+
+
+def test_engine_versions_come_from_the_cell_code():
+    versions = engine_versions()
+    assert set(versions) >= {"train", "grad"}
+    assert all(isinstance(v, int) for v in versions.values())
+
+
+def test_status_reads_snakemake_records(tmp_path, capsys):
+    from mfpipe import status
+
+    config = {"studies": {"s": study({"depth": [2, 4, 8]}, {"steps": 10})}}
+    studies = build_studies(config)
+    done, stale, _missing = studies["s"].cells
+    engine = repr(engine_versions()["train"])
+    for cell, args in ((done, done.args), (stale, done.args)):
+        (tmp_path / cell.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / cell.path).write_bytes(b"x")
+        record = status._record_path(tmp_path / ".snakemake" / "metadata", cell.path, 255)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"params": sorted([repr(args), engine])}))
+    states = status.cell_states(studies, tmp_path)["s"]
+    assert [len(states[k]) for k in ("done", "stale", "missing")] == [1, 1, 1]
+    assert states["stale"][0].path == stale.path
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    from mfpipe.cli import main
+
+    assert main(["status", "--configfile", str(cfg), "-d", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["total"] | {"gpu_hours_left": 0} == {"cells": 3, "done": 1, "stale": 1,
+                                                         "missing": 1, "gpu_hours_left": 0}
+    assert summary["total"]["gpu_hours_left"] > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("studies: {s: {kind: train, grid: {activation: sigmoid}}}\n")
+    assert main(["status", "--configfile", str(bad)]) == 2
+    assert "studies.s.grid.activation" in capsys.readouterr().err
+
+
+def test_cells_command_lists_paths(tmp_path, capsys):
+    from mfpipe.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"studies": {"s": study({"depth": [2, 4]})}}))
+    out = tmp_path / "list.txt"
+    assert main(["cells", "--configfile", str(cfg), "-o", str(out)]) == 0
+    assert out.read_text().split() == ["results/cells/s/depth=2.parquet",
+                                       "results/cells/s/depth=4.parquet"]
+    assert main(["cells", "--configfile", str(cfg), "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["depth"] for r in rows] == [2, 4] and all(len(r["cell_id"]) == 16 for r in rows)
