@@ -155,7 +155,7 @@ def test_same_seed_identical_different_seed_not(tmp_path):
 
 def test_divergence_is_recorded_not_raised(tmp_path):
     out = tmp_path / "diverged.parquet"
-    params = tiny(activation="relu", sigma_w2=20, lr=1e4, steps=120, checkpoints=[5, 60])
+    params = tiny(activation="relu", sigma_w2=20, lr=1e8, steps=120, checkpoints=[5, 60])
     assert main(["train-cell", *sum(([cells.flag(k), str(v) if not isinstance(v, list) else
                                       ",".join(map(str, v))] for k, v in params.items()), []),
                  "--device", "cpu", "--data-dir", str(tmp_path), "-o", str(out)]) == 0

@@ -351,6 +351,13 @@ def fast_exit_if_entry_point() -> None:
 
 # ----------------------------------------------------------------------------- runtime
 
+def derive_seed(*parts: int) -> int:
+    """An independent 63-bit seed for one random stream of a cell (numpy SeedSequence of parts)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: explicit, else $OMP_NUM_THREADS, else the usable CPUs."""
     import torch

@@ -48,8 +48,7 @@ from mfpipe.nets import DropoutMLP, activation_derivative, draw_weight
 MODES = ("real", "independent")
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+_seed = cells.derive_seed
 
 
 def cell_inputs(p: dict, data_dir=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:

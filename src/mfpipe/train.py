@@ -151,12 +151,14 @@ def run_train_cell(params: dict, output=None, *, device: str = "auto", data_dir=
                         p["eval_size"], str(dev))
     data_time = time.perf_counter() - t0
 
-    torch.manual_seed(p["seed"])  # dropout masks (global generator, all devices)
-    batch_gen = torch.Generator().manual_seed(p["seed"] + 1)
+    # three independent streams: weights, noise masks (torch's global generator, used by the
+    # fused dropout kernel, on every device), minibatch order
+    torch.manual_seed(cells.derive_seed(p["seed"], 2))
+    batch_gen = torch.Generator().manual_seed(cells.derive_seed(p["seed"], 3))
     net = DropoutMLP(data["n_features"], p["width"], p["depth"], data["n_classes"],
                      activation=p["activation"], keep_rate=p["keep_rate"], noise=p["noise"],
                      noise_var=p["noise_var"], dropout_input=p["dropout_input"], device=dev)
-    net.initialize(p["seed"], p["sigma_w2"], p["sigma_b2"], p["init"])
+    net.initialize(cells.derive_seed(p["seed"], 1), p["sigma_w2"], p["sigma_b2"], p["init"])
     net.train()
     optimizer = make_optimizer(p["optimizer"], net.parameters(), p["lr"])
 
