@@ -190,6 +190,18 @@ def scontrol_job(job_id: str, env: dict) -> dict:
     return dict(re.findall(r"(\w+(?:/\w+)?)=(\S*)", text))
 
 
+def diagnostics(log: str, workdir: Path) -> str:
+    """The end of the Snakemake log, of every SLURM job log and of the SLURM daemons' logs."""
+    parts = [f"--- snakemake (last 4000 chars)\n{log[-4000:]}"]
+    for path in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")):
+        parts.append(f"--- {path.relative_to(workdir)}\n{path.read_text()[-3000:]}")
+    state = Path(os.environ.get("MFPIPE_SLURM_STATE", "/var/lib/mfpipe-slurm-local")) / "log"
+    for name in ("slurmctld.log", "slurmd.log"):
+        if (state / name).exists():
+            parts.append(f"--- {state / name}\n{(state / name).read_text()[-2000:]}")
+    return "\n".join(parts)
+
+
 @pytest.fixture
 def local_slurm():
     """SLURM running on this machine: started by scripts/slurm-local.sh (and stopped after the
@@ -236,15 +248,21 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
     snakemake = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
                  "--configfile", "grid.yaml", "--profile", str(PROFILE)]
     # test-only: the first status check after 2 s instead of 40 s
-    run = subprocess.run(snakemake + ["--slurm-init-seconds-before-status-checks", "2"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    try:
+        run = subprocess.run(snakemake + ["--slurm-init-seconds-before-status-checks", "2"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as timeout:
+        partial = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                          for part in (timeout.stdout or "", timeout.stderr or ""))
+        pytest.fail("snakemake --profile profiles/slurm did not finish in 420 s\n"
+                    + diagnostics(partial, tmp_path))
     log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-5000:]
+    assert run.returncode == 0, diagnostics(log, tmp_path)
 
     # Cells went through SLURM, packed CELLS_PER_JOB per job: ceil(6 / 3) = 2 submissions.
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
     cells = TRAIN_CELLS + GRAD_CELLS
-    assert len(job_ids) == math.ceil(cells / CELLS_PER_JOB), log[-5000:]
+    assert len(job_ids) == math.ceil(cells / CELLS_PER_JOB), diagnostics(log, tmp_path)
     slurm_logs = {}
     for job_id in job_ids:
         job = scontrol_job(job_id, env)  # finished jobs stay visible for MinJobAge
