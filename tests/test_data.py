@@ -104,6 +104,11 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     assert not data.cache_path("mnist", tmp_path).exists()
     assert main(["prepare-data", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download"]) == 2
     assert "prepare-data" in capsys.readouterr().err
+    # `all`: prepares what can be had, names every dataset that cannot, exits 2
+    assert main(["prepare-data", "--dataset", "all", "--data-dir", str(tmp_path), "--no-download"]) == 2
+    out, err = capsys.readouterr()
+    assert "mnist5k: train 4000" in out and "digits: train 1438" in out
+    assert all(f"dataset '{n}' is not available" in err for n in ("mnist", "fashion_mnist", "cifar10"))
 
 
 def test_cifar10_from_torchvision_pickles(tmp_path):

@@ -390,11 +390,20 @@ def run(args) -> int:
     for name in names:
         check_name(name)
     data_dir = resolve_data_dir(args.data_dir)
-    for name in names:
+    failed = []
+    for name in names:  # prepare every dataset that can be had, then report the others
         start = time.perf_counter()
-        raw = load_raw(name, data_dir, download=not args.no_download and name in TORCHVISION_DATASETS)
+        try:
+            raw = load_raw(name, data_dir, download=not args.no_download and name in TORCHVISION_DATASETS)
+        except DatasetUnavailable as err:
+            failed.append(err)
+            continue
         print(f"{name}: train {raw['x_train'].shape[0]} × {raw['x_train'].shape[1]}, "
               f"test {raw['x_test'].shape[0]}, classes {len(np.unique(raw['y_train']))}, "
               f"cache {cache_path(name, data_dir)} ({time.perf_counter() - start:.2f} s)",
               file=sys.stdout)
+    for err in failed[:-1]:
+        print(f"mfpipe prepare-data: error: {err}", file=sys.stderr)
+    if failed:
+        raise failed[-1]
     return 0
