@@ -223,6 +223,25 @@ def local_slurm():
             assert stopped.returncode == 0, stopped.stderr
 
 
+def minutes(time_limit: str) -> int:
+    """SLURM's [days-]hours:minutes:seconds as minutes."""
+    days, _, clock = time_limit.rpartition("-")
+    hours, mins, secs = (int(part) for part in clock.split(":"))
+    return (int(days or 0) * 24 + hours) * 60 + mins + math.ceil(secs / 60)
+
+
+def cell_estimates(config_path: Path) -> dict[str, tuple[int, int]]:
+    """Cell output path -> (runtime minutes at attempt 1, mem_mb), as the rules compute them."""
+    import yaml
+
+    from mfpipe.grid import build_studies, resources_of, runtime_minutes
+
+    config = yaml.safe_load(config_path.read_text())
+    resources = resources_of(config)
+    return {cell.path: (runtime_minutes(cell.seconds, resources, 1), cell.mem_mb)
+            for study in build_studies(config).values() for cell in study.cells}
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
@@ -263,22 +282,31 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
     cells = TRAIN_CELLS + GRAD_CELLS
     assert len(job_ids) == math.ceil(cells / CELLS_PER_JOB), diagnostics(log, tmp_path)
-    slurm_logs = {}
+    slurm_jobs, slurm_logs = {}, {}
     for job_id in job_ids:
-        job = scontrol_job(job_id, env)  # finished jobs stay visible for MinJobAge
+        job = slurm_jobs[job_id] = scontrol_job(job_id, env)  # kept for MinJobAge after the end
         assert job["JobState"] == "COMPLETED", job
         assert job["Partition"] == "gpu"
+        assert job["Requeue"] == "1", job  # slurm-requeue
         # one GPU for the whole group: its cells run one after another on it
         assert job["TresPerJob"] in ("gres:gpu:1", f"gres:gpu:{env.get('MFPIPE_SLURM_GPU_MODEL')}:1"), job
-        assert job["NumCPUs"] == "1" and job["MinMemoryNode"].endswith("M"), job
+        assert job["NumCPUs"] == "1", job
         slurm_logs[job_id] = Path(job["StdOut"]).read_text()
-    # every cell ran inside exactly one SLURM job; aggregation ran on the submit host
-    cell_files = sorted((tmp_path / "results" / "cells").rglob("*.parquet"))
-    assert len(cell_files) == cells
+    # Every cell ran inside exactly one SLURM job, whose time limit is the sum of its cells'
+    # runtime estimates and whose memory is the largest of theirs; aggregation ran locally.
+    estimates = cell_estimates(tmp_path / "grid.yaml")
+    cell_files = sorted(str(path.relative_to(tmp_path))
+                        for path in (tmp_path / "results" / "cells").rglob("*.parquet"))
+    assert cell_files == sorted(estimates)
+    cells_of_job = {job_id: [] for job_id in job_ids}
     for path in cell_files:
-        relative = str(path.relative_to(tmp_path))
-        ran_in = [job_id for job_id, text in slurm_logs.items() if relative in text]
-        assert len(ran_in) == 1, (relative, ran_in)
+        ran_in = [job_id for job_id, text in slurm_logs.items() if path in text]
+        assert len(ran_in) == 1, (path, ran_in)
+        cells_of_job[ran_in[0]].append(path)
+    for job_id, paths in cells_of_job.items():
+        job = slurm_jobs[job_id]
+        assert minutes(job["TimeLimit"]) == sum(estimates[path][0] for path in paths), (paths, job)
+        assert job["MinMemoryNode"] == f"{max(estimates[path][1] for path in paths)}M", job
     assert not any("aggregate" in text for text in slurm_logs.values())
     assert re.search(r"localrule aggregate_cells", log)
 
