@@ -86,6 +86,13 @@ def test_profile_takes_site_settings_from_environment(monkeypatch):
     assert int(profile["jobs"]) == 7
 
 
+@pytest.mark.parametrize("variable, value", [("cells_per_job", "0"), ("jobs", "many"),
+                                             ("gpus_per_job", "-1")])
+def test_profile_rejects_bad_counts_naming_the_variable(monkeypatch, variable, value):
+    with pytest.raises(Exception, match=rf"MFPIPE_SLURM_{variable.upper()}='{value}'.*whole numbers"):
+        parse_profile(monkeypatch, **{variable: value})
+
+
 def fake_sacct(directory: Path, exit_code: int) -> None:
     sacct = directory / "sacct"
     sacct.write_text(f"#!/bin/sh\necho 'sacct: error: accounting storage is disabled' >&2\n"
