@@ -1,0 +1,297 @@
+"""The Snakemake workflow: dry-runs, validation, staleness (shown through `snakemake -n` job
+counts), kill-and-resume, the warm worker pool, and the default pipeline end to end.
+
+Every workflow runs in a copy of the workflow files (Snakefile, workflow/, config/, src/) in a
+temporary directory, with its own pool directory, so tests never touch the checkout's results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+MFPIPE = str(BIN / "mfpipe")
+
+
+def copy_workflow(dest: Path, config: dict | None = None) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("workflow", "config", "src"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    if config is not None:
+        (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def env_for(workdir: Path) -> dict:
+    env = dict(os.environ)
+    env["MFPIPE_POOL_DIR"] = str(workdir / "pool")
+    env["MFPIPE_POOL_IDLE"] = "30"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def stop_pool(workdir: Path) -> None:
+    from mfpipe.pool import server_pids
+
+    if (workdir / "pool").is_dir():
+        for pid in server_pids(workdir / "pool"):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "--profile", str(REPO / "profiles" / "local"), "-s",
+           str(workdir / "Snakefile"), "-d", str(workdir), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env_for(workdir),
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+def planned(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that `snakemake -n` would run ({} when nothing is to be done)."""
+    done = snakemake(workdir, "-n", *args)
+    text = done.stdout + done.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def tiny_config(**train_settings) -> dict:
+    settings = {"steps": 5, "batch_size": 16, "eval_size": 50, "lr": 0.01, **train_settings}
+    return {
+        "data_dir": "data",
+        "device": "cpu",
+        "studies": {
+            "t": {"kind": "train",
+                  "grid": {"dataset": "digits", "width": 8, "depth": [2, 3], "sigma_w2": [1.5, 2.0],
+                           "keep_rate": 1, "seed": [0]},
+                  "settings": settings},
+            "g": {"kind": "grad",
+                  "grid": {"dataset": "gaussian", "width": 8, "depth": 3, "sigma_w2": [1.5]},
+                  "settings": {"inits": 1}},
+        },
+        "theory": {"map": {"enabled": False}, "iterates": {"enabled": False}},
+        "fit": {"enabled": False},
+        "figures": {"enabled": False},
+    }
+
+
+def set_config(workdir: Path, config: dict) -> None:
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- fast
+
+def test_dry_run_of_the_default_config_needs_no_data(tmp_path):
+    work = copy_workflow(tmp_path / "wf")
+    counts = planned(work)
+    assert counts["train_cell"] == 144 and counts["grad_cell"] == 6
+    assert counts["prepare_data"] == 1  # the data are made by the run, not needed for -n
+    assert counts["aggregate_cells"] == 2 and counts["fit"] == 1 and counts["all"] == 1
+    assert not (work / "data").exists() and not (work / "results").exists()
+
+
+def test_bad_config_fails_at_startup_naming_every_field(tmp_path):
+    config = tiny_config()
+    config["studies"]["t"]["grid"]["activation"] = "sigmoid"
+    config["studies"]["t"]["settings"]["optimizer"] = "lbfgs"
+    config["device"] = "tpu"
+    work = copy_workflow(tmp_path / "wf", config)
+    done = snakemake(work, "-n", check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    for needle in ("studies.t.grid.activation", "tanh, relu, erf, linear, hard_tanh",
+                   "studies.t.settings.optimizer", "sgd, rmsprop, adam", "device", "'tpu'"):
+        assert needle in text, needle
+
+
+# ----------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+def test_staleness_reruns_only_affected_cells(tmp_path):
+    work = copy_workflow(tmp_path / "wf", tiny_config())
+    try:
+        snakemake(work)
+        assert len(list((work / "results" / "cells" / "t").rglob("*.parquet"))) == 4
+        assert planned(work) == {}  # a second run does nothing
+
+        # a changed grid value: only its cells (2 depths × σ_w² = 2.5)
+        config = tiny_config()
+        config["studies"]["t"]["grid"]["sigma_w2"] = [1.5, 2.5]
+        set_config(work, config)
+        counts = planned(work)
+        assert counts.get("train_cell") == 2 and "grad_cell" not in counts
+
+        # a new seed: only the new cells
+        config = tiny_config()
+        config["studies"]["t"]["grid"]["seed"] = [0, 1]
+        set_config(work, config)
+        counts = planned(work)
+        assert counts.get("train_cell") == 4 and "grad_cell" not in counts
+
+        # a changed study setting: every cell of that study, none of the other
+        set_config(work, tiny_config(steps=6))
+        counts = planned(work)
+        assert counts.get("train_cell") == 4 and "grad_cell" not in counts
+        # ... caught by the params trigger (mtime alone would not see it)
+        assert "train_cell" not in planned(work, "--rerun-triggers", "mtime")
+        status = subprocess.run([MFPIPE, "status", "--json", "-d", str(work), "--configfile",
+                                 str(work / "config" / "config.yaml")],
+                                capture_output=True, text=True, check=True, cwd=work)
+        by_study = {row["study"]: row for row in json.loads(status.stdout)["studies"]}
+        assert (by_study["t"]["stale"], by_study["t"]["done"]) == (4, 0)
+        assert (by_study["g"]["stale"], by_study["g"]["done"]) == (0, 1)
+        set_config(work, tiny_config())
+
+        # editing mfpipe code (plotting, fitting, even the cell code) reruns nothing ...
+        for name in ("figures.py", "fit.py", "train.py", "grid.py"):
+            with open(work / "src" / "mfpipe" / name, "a") as fh:
+                fh.write("\n# an edit\n")
+        assert planned(work) == {}
+        # ... until the engine version of a kind is bumped: then every cell of that kind
+        cells_py = work / "src" / "mfpipe" / "cells.py"
+        text = cells_py.read_text()
+        bumped = re.sub(r'ENGINE_VERSIONS = \{"train": (\d+)',
+                        lambda m: f'ENGINE_VERSIONS = {{"train": {int(m.group(1)) + 1}', text)
+        assert bumped != text
+        cells_py.write_text(bumped)
+        counts = planned(work)
+        assert counts.get("train_cell") == 4 and "grad_cell" not in counts
+    finally:
+        stop_pool(work)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_computes_every_cell_once(tmp_path):
+    config = tiny_config(steps=400)
+    config["studies"]["t"]["grid"].update(depth=[4, 6, 8], sigma_w2=[1.2, 1.76, 2.4], width=32,
+                                          seed=[0])
+    work = copy_workflow(tmp_path / "wf", config)
+    cells_dir = work / "results" / "cells" / "t"
+    cmd = [SNAKEMAKE, "--profile", str(REPO / "profiles" / "local"), "-s", str(work / "Snakefile"),
+           "-d", str(work)]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env_for(work), start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(cells_dir.rglob("*.parquet"))) < 3:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: running cells are aborted
+        proc.wait(timeout=120)
+        from base64 import urlsafe_b64encode
+
+        def recorded_incomplete(path: Path) -> bool:  # a job Snakemake had not seen finish
+            key = urlsafe_b64encode(str(path.relative_to(work)).encode()).decode()
+            return (work / ".snakemake" / "incomplete" / key).exists()
+
+        before = {p: p.stat().st_mtime_ns for p in cells_dir.rglob("*.parquet")
+                  if not recorded_incomplete(p)}
+        assert 3 <= len(before) < 9
+        time.sleep(1.0)
+        assert not list(work.rglob("*.tmp")), "an aborted cell left a partial file"
+
+        snakemake(work)
+        after = {p: p.stat().st_mtime_ns for p in cells_dir.rglob("*.parquet")}
+        assert len(after) == 9
+        redone = [str(p) for p, mtime in before.items() if after[p] != mtime]
+        assert not redone, f"finished cells were computed again: {redone}"
+        rows = pq.read_table(work / "results" / "training.parquet").to_pandas()
+        assert rows["cell_id"].nunique() == 9
+        assert len(rows) == 9 and not rows.duplicated(["cell_id", "step"]).any()
+        assert planned(work) == {}
+    finally:
+        stop_pool(work)
+
+
+@pytest.mark.slow
+def test_pool_gives_the_same_results_and_aborts_when_the_client_dies(tmp_path):
+    env = env_for(tmp_path)
+    args = ["train-cell", "--dataset", "digits", "--depth", "4", "--width", "16", "--steps", "30",
+            "--eval-size", "50", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--threads", "1"]
+    try:
+        inline = subprocess.run([MFPIPE, *args, "-o", str(tmp_path / "inline.parquet")],
+                                env=env, capture_output=True, text=True)
+        assert inline.returncode == 0, inline.stderr
+        for name in ("pooled1", "pooled2"):
+            done = subprocess.run([MFPIPE, "pool", *args, "-o", str(tmp_path / f"{name}.parquet")],
+                                  env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+        assert len(list((tmp_path / "pool").glob("*.sock"))) == 1  # one warm server, reused
+        cols = ["step", "train_loss", "train_accuracy", "batch_accuracy", "test_accuracy", "cell_id"]
+        want = pq.read_table(tmp_path / "inline.parquet").to_pandas()[cols]
+        for name in ("pooled1", "pooled2"):
+            got = pq.read_table(tmp_path / f"{name}.parquet").to_pandas()[cols]
+            assert got.equals(want)
+
+        bad = subprocess.run([MFPIPE, "pool", "train-cell", "--depth", "0", "-o",
+                              str(tmp_path / "bad.parquet")], env=env, capture_output=True, text=True)
+        assert bad.returncode == 2 and "depth" in bad.stderr  # exit code and stderr pass through
+
+        # a client killed mid-cell: the worker aborts, no output appears
+        slow = [a if a != "30" else "200000" for a in args]
+        client = subprocess.Popen([MFPIPE, "pool", *slow, "-o", str(tmp_path / "killed.parquet")],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(3)
+        client.kill()
+        client.wait()
+        time.sleep(3)
+        assert not (tmp_path / "killed.parquet").exists()
+        assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".killed*"))
+        from mfpipe.pool import server_pids
+
+        for pid in server_pids(tmp_path / "pool"):  # the server has no worker child left
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            assert children == [], "the worker of a dead client is still running"
+    finally:
+        stop_pool(tmp_path)
+
+
+@pytest.mark.slow
+def test_default_pipeline_end_to_end(tmp_path):
+    """The README's main command on the embedded default config: cells → aggregate → fit →
+    figures, and a second run does nothing."""
+    work = copy_workflow(tmp_path / "wf")
+    try:
+        snakemake(work, timeout=1500)
+        for name in ("training", "gradients", "theory", "fit"):
+            assert (work / "results" / f"{name}.parquet").stat().st_size > 0
+        training = pq.read_table(work / "results" / "training.parquet").to_pandas()
+        assert training["cell_id"].nunique() == 144
+        final = training[training["step"] == training["steps"]]
+        shallow = final[final["depth"] == 4]["train_accuracy"].mean()
+        assert shallow > 0.5  # shallow networks learn mnist5k
+        figures = sorted(p.name for p in (work / "results" / "figures").glob("*.png"))
+        assert {"trainability.png", "fit_summary.png", "gradient_norms.png"} <= set(figures)
+        assert planned(work) == {}
+    finally:
+        stop_pool(work)
