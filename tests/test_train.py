@@ -239,3 +239,24 @@ def test_killed_cell_leaves_no_output(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert [p.name for p in tmp_path.iterdir() if "killed" in p.name] == []
+
+
+def test_parameter_module_does_not_import_torch():
+    code = "import sys, mfpipe.cells; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # grid/workflow code reads the specs without paying for torch
+
+
+@pytest.mark.slow
+def test_cli_process_writes_output_and_exits_0(tmp_path):
+    """The real `python -m mfpipe train-cell` process (ends with os._exit after writing)."""
+    out = tmp_path / "cell.parquet"
+    proc = subprocess.run([sys.executable, "-m", "mfpipe", "train-cell", "--dataset", "digits", "--depth", "3",
+                           "--width", "16", "--steps", "20", "--checkpoints", "10", "--device", "cpu",
+                           "--data-dir", str(tmp_path), "-o", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 20/20" in proc.stderr
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).column("step").to_pylist() == [10, 20]
