@@ -512,6 +512,11 @@ def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, 
     ax = axes[2]
     meas = pd.DataFrame(measured, columns=["mode", "sigma_w2", "slope"])
     fine = np.unique(mean["sigma_w2"])
+    if len(fine) > 1:  # a smooth theory curve between the measured σ_w² (computed: cheap)
+        dense = np.linspace(fine.min(), fine.max(), 200)
+        dense_scales = _theory_scales(setting, dense, None)
+        if all(v is not None for v in dense_scales.values()):
+            fine, scales = dense, dense_scales
     th_slope = np.array([-math.log(scales[s]) if scales.get(s, 0) and scales[s] > 0 else np.nan for s in fine])
     if np.isfinite(th_slope).any():
         ax.plot(fine, th_slope, "k--", lw=1.4, label=r"theory $-\ln\chi_1$")
