@@ -38,8 +38,9 @@ def test_product_paths_and_canonical_numbers():
     assert len(got) == 2 * 3 * 2 * 2
     paths = [c.path for c in got]
     assert len(set(paths)) == len(paths)
-    assert paths[0] == "results/cells/s/depth=2/sigma_w2=1/keep_rate=1/seed=0.parquet"
-    assert "results/cells/s/depth=4/sigma_w2=1.5/keep_rate=0.98/seed=1.parquet" in paths
+    # the dataset is always the first level (here the default, mnist5k)
+    assert paths[0] == "results/cells/s/dataset=mnist5k/depth=2/sigma_w2=1/keep_rate=1/seed=0.parquet"
+    assert "results/cells/s/dataset=mnist5k/depth=4/sigma_w2=1.5/keep_rate=0.98/seed=1.parquet" in paths
     # 1, 1.0 and "1.00" are one value; a range gives clean numbers (no 1.4999999999)
     again = {"studies": {"s": study({"depth": "2,4", "sigma_w2": [1, 1.5, "2.00"],
                                      "keep_rate": "1,0.98", "seed": [0, 1]}, {"steps": 10})}}
@@ -204,8 +205,8 @@ def test_cells_command_lists_paths(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"studies": {"s": study({"depth": [2, 4]})}}))
     out = tmp_path / "list.txt"
     assert main(["cells", "--configfile", str(cfg), "-o", str(out)]) == 0
-    assert out.read_text().split() == ["results/cells/s/depth=2.parquet",
-                                       "results/cells/s/depth=4.parquet"]
+    assert out.read_text().split() == ["results/cells/s/dataset=mnist5k/depth=2.parquet",
+                                       "results/cells/s/dataset=mnist5k/depth=4.parquet"]
     assert main(["cells", "--configfile", str(cfg), "--format", "json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["depth"] for r in rows] == [2, 4] and all(len(r["cell_id"]) == 16 for r in rows)

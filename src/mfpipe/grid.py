@@ -16,7 +16,8 @@ here and nowhere else.  A config has one or more *studies*; each study is of a *
   parameters default to the grid's value when it has only one).
 
 Every parameter listed under ``grid`` is a directory level of the cell's path, in a fixed
-order, as ``name=value`` with canonical numbers::
+order, as ``name=value`` with canonical numbers (the dataset is always the first level, the
+last level is the file name)::
 
     results/cells/<study>/dataset=mnist5k/activation=tanh/width=64/depth=16/sigma_w2=1.5/
         sigma_b2=0.05/keep_rate=0.98/seed=0.parquet
@@ -446,6 +447,13 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
         except InputError as err:
             problems.append(err)
 
+    if not problems:
+        # The dataset is always the first level of a cell's path (the rules take the data file
+        # from it without a per-job function), and a path has at least two levels.
+        if "dataset" not in axes_values:
+            axes_values["dataset"] = [settings.pop("dataset", index["dataset"].default)]
+        if len(axes_values) == 1:
+            axes_values["seed"] = [settings.pop("seed", index["seed"].default)]
     axes = [p.name for p in params_of_kind if p.name in axes_values]
     study = Study(name, kind, axes, settings=settings)
     if problems:

@@ -51,10 +51,8 @@ def _data_cache(dataset):
 CELL_ARGS = {}
 CELL_MEM_MB = {}
 CELL_SECONDS = {}
-CELL_DATA = {}
 CELL_PATHS = {kind: [] for kind in KIND_COMMANDS}
 STUDY_NAMES = {kind: [] for kind in KIND_COMMANDS}
-_DATA_FILES = {}
 for _study in STUDIES.values():
     STUDY_NAMES[_study.kind].append(_study.name)
     for _cell in _study.cells:
@@ -62,10 +60,6 @@ for _study in STUDIES.values():
         CELL_ARGS[_key] = _cell.args
         CELL_MEM_MB[_key] = _cell.mem_mb
         CELL_SECONDS[_key] = _cell.seconds
-        _dataset = _cell.params.get("dataset")
-        if _dataset not in _DATA_FILES:
-            _DATA_FILES[_dataset] = [] if _dataset == "gaussian" else [_data_cache(_dataset)]
-        CELL_DATA[_key] = _DATA_FILES[_dataset]
         CELL_PATHS[_study.kind].append(_cell.path)
 
 # Tight wildcard constraints keep the DAG cheap (no rule tries to match what it cannot make).
@@ -76,21 +70,43 @@ def _alternatives(names):
     return "|".join(names) if names else "(?!x)x"  # matches nothing
 
 
+# Cell paths are results/cells/<study>/dataset=<name>/<rest>: the rules' wildcards are
+# study, dataset and cell (the rest); the data file comes from the dataset wildcard.
+def cell_key(wildcards):
+    return f"{wildcards.study}/dataset={wildcards.dataset}/{wildcards.cell}"
+
+
 def cell_args(wildcards):
-    return CELL_ARGS[f"{wildcards.study}/{wildcards.cell}"]
-
-
-def cell_data(wildcards):
-    return CELL_DATA[f"{wildcards.study}/{wildcards.cell}"]
+    return CELL_ARGS[f"{wildcards.study}/dataset={wildcards.dataset}/{wildcards.cell}"]
 
 
 def cell_mem_mb(wildcards, attempt):
-    return CELL_MEM_MB[f"{wildcards.study}/{wildcards.cell}"]
+    return CELL_MEM_MB[cell_key(wildcards)]
 
 
 def cell_runtime(wildcards, attempt):
     """Minutes: (start-up + estimate from depth × width × steps) × safety, doubled per retry."""
-    return runtime_minutes(CELL_SECONDS[f"{wildcards.study}/{wildcards.cell}"], RESOURCES, attempt)
+    return runtime_minutes(CELL_SECONDS[cell_key(wildcards)], RESOURCES, attempt)
+
+
+# Per-cell memory and runtime matter to a cluster scheduler; on one machine only cores limit
+# the jobs, and leaving the estimates out keeps the DAG of a 100k-cell grid cheap (each
+# per-job function costs about as much as Snakemake's own work for a job).
+if workflow.non_local_exec or workflow.remote_exec:
+    CELL_RESOURCES = {"mem_mb": cell_mem_mb, "runtime": cell_runtime,
+                      "gpu": RESOURCES["gpus_per_cell"]}
+else:
+    CELL_RESOURCES = {}
+
+
+DATA_FILE = _data_cache("{dataset}")
+_DATASETS = {c.params["dataset"] for s in STUDIES.values() for c in s.cells}
+DATASET_RE = "|".join(sorted(_DATASETS - {"gaussian"})) or "(?!x)x"
+GRAD_DATASET_RE = "|".join(sorted(_DATASETS)) or "(?!x)x"
+
+
+def grad_cell_data(wildcards):
+    return [] if wildcards.dataset == "gaussian" else [DATA_FILE.format(dataset=wildcards.dataset)]
 
 
 def study_config_json(wildcards):
