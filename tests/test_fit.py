@@ -101,12 +101,15 @@ def test_seeds_are_averaged_and_threshold_options():
                 activation="tanh", step=10, sigma_w2=1.5)
     rows = [dict(base, depth=10, seed=s, train_accuracy=a) for s, a in ((0, 0.9), (1, 0.9), (2, 0.1))]
     rows += [dict(base, depth=20, seed=s, train_accuracy=a) for s, a in ((0, 0.3), (1, 0.35), (2, 0.3))]
-    rows += [dict(base, depth=30, seed=s, train_accuracy=np.nan) for s in range(3)]  # diverged
+    rows += [dict(base, depth=30, seed=s, train_accuracy=np.nan, diverged=True) for s in range(3)]
+    rows += [dict(base, depth=40, seed=s, train_accuracy=np.nan, diverged=False) for s in range(3)]  # not measured
     table = pd.DataFrame(rows)
+    table["diverged"] = table["diverged"].fillna(False).astype(bool)
     cells = fit.fit_table(table, n_boot=0).cells.set_index("depth")
     assert cells.loc[10, "accuracy"] == pytest.approx((0.9 + 0.9 + 0.1) / 3)
     assert cells.loc[10, "frac_seeds_trainable"] == pytest.approx(2 / 3)
-    assert cells.loc[30, "accuracy"] == pytest.approx(0.1)  # NaN accuracy counts as chance
+    assert cells.loc[30, "accuracy"] == pytest.approx(0.1)  # a diverged run is at chance
+    assert 40 not in cells.index  # a missing measurement is no cell
     best = (0.9 + 0.9 + 0.1) / 3
     assert cells.loc[10, "threshold"] == pytest.approx(0.1 + 0.5 * (best - 0.1))
     assert list(cells["trainable"]) == [True, False, False]

@@ -13,7 +13,8 @@ one dataset × optimizer × steps × checkpoint × ρ × σ_b² × activation ×
 adds more):
 
 1. Cell accuracy = mean over seeds of the accuracy column at each (σ_w², depth).  A NaN
-   accuracy (a diverged run that recorded none) counts as chance.
+   accuracy counts as chance when the row's ``diverged`` is true and as a missing measurement
+   (row dropped) otherwise.
 2. Trainable iff accuracy ≥ threshold.  Default ``between:0.5``: halfway between chance
    (1/num_classes; 0.1 for the 10-class datasets) and the best cell accuracy of the panel.
    ``relative:F`` uses F × best, ``absolute:A`` a fixed accuracy.
@@ -346,7 +347,14 @@ def prepare(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
         if frame.empty:
             raise InputError("step", step, "'all', 'last' or steps present in the table")
     frame = frame.rename(columns={accuracy: "_accuracy"})
-    keep = list(dict.fromkeys(group + ["sigma_w2", "depth", "_accuracy"] + (["seed"] if "seed" in frame else [])))
+    # A NaN accuracy is a missing measurement (dropped) unless the run diverged (then: chance).
+    diverged = frame["diverged"].fillna(False).astype(bool) if "diverged" in frame else False
+    frame = frame.assign(_diverged=diverged)
+    frame = frame[frame["_accuracy"].notna() | frame["_diverged"]]
+    if frame.empty:
+        raise InputError(accuracy, "no values", "a column with accuracies (NaN only for diverged runs)")
+    keep = list(dict.fromkeys(group + ["sigma_w2", "depth", "_accuracy", "_diverged"]
+                              + (["seed"] if "seed" in frame else [])))
     return frame[keep].reset_index(drop=True), group
 
 
@@ -503,7 +511,7 @@ class _Panel:
         self.depths, di = np.unique(panel["depth"].to_numpy(), return_inverse=True)
         self.seeds, ki = np.unique(panel["seed"].to_numpy(), return_inverse=True)
         acc = panel["_accuracy"].to_numpy(float)
-        acc = np.where(np.isnan(acc), chance, acc)  # a diverged run with no accuracy is at chance
+        acc = np.where(np.isnan(acc), chance, acc)  # (only diverged runs are left with NaN) chance
         total = np.zeros((len(self.seeds), len(self.sigma), len(self.depths)))
         count = np.zeros_like(total)
         np.add.at(total, (ki, si, di), acc)   # repeated rows of one run are averaged
@@ -756,7 +764,11 @@ def summarize(fits: pd.DataFrame, group: list[str], threshold, accuracy, boundar
              f"{interval:.0%} percentile intervals.  Fits use the observed (uncensored) σ_w² columns; "
              "classification accuracy scores the rule 'trainable iff L ≤ rule(σ_w²)' on every tested "
              "cell.  ΔAIC and the held-out (leave-one-column-out) error compare the forms within a panel.",
-             "", "## Model comparison over all panels", ""]
+             ""]
+    common = [f"{c} = {_label(fits[c].iloc[0])}" for c in group if c not in varying and len(fits)]
+    if common:
+        lines += ["Common to all panels: " + ", ".join(common) + ".", ""]
+    lines += ["## Model comparison over all panels", ""]
     wins, cv_wins = (_wins(fits, col) for col in ("aic", "cv_rmse_log"))
     overall = fits.groupby("form", sort=False).agg(
         mean_classification_accuracy=("classification_accuracy", "mean"),
