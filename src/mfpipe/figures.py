@@ -778,6 +778,8 @@ def fit_summary(boundaries, curves, fits, forms=("n*xi_c", "n*xi_1", "n*min(xi_c
             if fc.empty:
                 continue
             fr = fits[(fits["panel"] == p) & (fits["form"] == form)].iloc[0]
+            if not np.isfinite(fr["n"]):
+                continue  # no observed boundary in this panel: nothing was fitted
             color = FORM_COLOR.get(form, "C0")
             label = FORM_LABEL.get(form, form)
             if fr["kind"] == "prop" and np.isfinite(fr["n"]):
