@@ -130,8 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chance accuracy (default 1/num_classes from the dataset or a "
                              "num_classes column)")
     parser.add_argument("--boundary", choices=("midpoint", "largest"), default="midpoint",
-                        help="boundary value fitted: geometric midpoint of the largest trainable "
-                             "and the next untrainable depth (default) or the largest trainable depth")
+                        help="boundary value fitted: log-space midpoint (identric mean) of the largest "
+                             "trainable and the next untrainable depth (default) or the largest trainable depth")
     parser.add_argument("--forms", default=",".join(FORMS),
                         help=f"comma-separated forms to fit (default all: {', '.join(FORMS)}; "
                              f"shell-safe names: {', '.join(FORM_ALIASES)})")
@@ -559,7 +559,7 @@ class _Panel:
     def _value(self, lmax, lfail):
         if self.mode == "largest":
             return lmax
-        return np.where(np.isfinite(lfail), np.sqrt(lmax * lfail), lmax)  # log-space midpoint
+        return np.where(np.isfinite(lfail), identric_mean(lmax, lfail), lmax)
 
     def bootstrap(self, rng, n_boot):
         """Boundary values resampling seeds and σ_w² columns: (values, usable, column index)."""
@@ -667,6 +667,17 @@ class _Panel:
             "xi_c": self.xi["xi_c"], "xi_1": self.xi["xi_1"], "xi_min": self.xi["xi_min"],
             "threshold": self.threshold,
         })
+
+
+def identric_mean(a, b):
+    """exp(E[ln L]) for L uniform on [a, b]: the boundary value whose log is unbiased when the
+    true boundary lies anywhere between the deepest trainable depth a and the next failing b
+    (the fits are in log space).  = a when a == b; between the geometric and arithmetic means."""
+    a = np.asarray(a, float)
+    b = np.asarray(b, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.exp((b * np.log(b) - a * np.log(a)) / (b - a) - 1.0)
+    return np.where(np.isclose(a, b), a, value)
 
 
 def _nanmean(a, axis, where=None):
