@@ -456,30 +456,43 @@ def measured_gradient_scale(layers, values, trim=2):
     return float(np.polyfit(layers[keep], np.log(values[keep]), 1)[0])
 
 
-def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, max_curves=8):
-    """(a) real and (b) independent: mean ‖∇_{W^l}E‖² over inits against l, one curve per σ_w²
-    (theory slope e^{−(L−l)/ξ_∇} dashed); (c) measured vs theory 1/ξ_∇ = −ln χ1 against σ_w²."""
+def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, max_curves=8, max_rows=3):
+    """Per keep rate ρ (one row each, largest first): (a) real and (b) independent backward
+    weights, mean ‖∇_{W^l}E‖² over inits against l, one curve per σ_w² (theory slope
+    e^{−(L−l)/ξ_∇} dashed); (c) measured vs theory 1/ξ_∇ = −ln χ1 (with the 1/ρ of dropout)."""
     import matplotlib.pyplot as plt
 
     _require(gradients, ["sigma_w2", "layer", "mode", "grad_sq_norm"], "gradients table")
     g = gradients
-    fixed = [c for c in ("activation", "sigma_b2", "keep_rate", "depth", "width", "dataset") if c in g]
-    # one setting of the other parameters: the largest ρ, then the most common of the rest
-    if "keep_rate" in g:
-        g = g[g["keep_rate"] == g["keep_rate"].max()]
-    if fixed:
+    if "keep_rate" not in g:
+        g = g.assign(keep_rate=1.0)
+    fixed = [c for c in ("activation", "sigma_b2", "depth", "width", "dataset") if c in g]
+    if fixed:  # one setting of the other parameters: the most common one
         top = g.groupby(fixed, dropna=False).size().idxmax()
         top = top if isinstance(top, tuple) else (top,)
         for col, val in zip(fixed, top):
             g = g[g[col] == val]
     setting = {c: g[c].iloc[0] for c in fixed}
+    rhos = sorted(np.unique(g["keep_rate"]), reverse=True)[:max_rows]
+    fig, rows = plt.subplots(len(rhos), 3, figsize=(14.5, 4.2 * len(rhos)), constrained_layout=True,
+                             squeeze=False)
+    for axes, rho in zip(rows, rhos):
+        _gradient_row(fig, axes, g[g["keep_rate"] == rho], {**setting, "keep_rate": rho}, theory,
+                      max_curves, prefix=rf"$\rho$ = {_num(rho)}: " if len(rhos) > 1 else "")
+    names = {"sigma_b2": SYM["sigma_b2"], "keep_rate": SYM["keep_rate"], "depth": r"$L$", "width": r"$N$"}
+    shown = {**setting, **({"keep_rate": rhos[0]} if len(rhos) == 1 else {})}
+    label = ", ".join(f"{names.get(k, k)} = {_num(v)}" for k, v in shown.items())
+    fig.suptitle(f"Per-layer gradient norms at initialisation ({label}); dashed: theory", fontsize=10)
+    return fig
+
+
+def _gradient_row(fig, axes, g, setting, theory, max_curves, prefix=""):
     mean = g.groupby(["mode", "sigma_w2", "layer"])["grad_sq_norm"].mean().reset_index()
     sig = np.unique(mean["sigma_w2"])
     if len(sig) > max_curves:
         sig = sig[np.unique(np.linspace(0, len(sig) - 1, max_curves).round().astype(int))]
     colors = _colors(sig, "coolwarm")
     scales = _theory_scales(setting, np.unique(mean["sigma_w2"]), theory)
-    fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.2), constrained_layout=True)
     modes = [("real", "(a) real backward pass (same W)"),
              ("independent", "(b) independent backward weights (GIA)")]
     measured = []
@@ -501,13 +514,10 @@ def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, 
                     ax.semilogy(ls, anchor.iloc[0] * chi ** (anchor_l - ls), color=colors[s2], ls="--", lw=0.8)
         ax.set_xlabel(SYM["layer"])
         ax.set_ylabel(r"$\|\nabla_{W^l} E\|_2^2$")
-        ax.set_title(title)
+        ax.set_title(prefix + title)
+    lims = [ax.get_ylim() for ax in axes[:2]]
     for ax in axes[:2]:
-        lims = [ax.get_ylim() for ax in axes[:2]]
-    lo = min(lim[0] for lim in lims)
-    hi = max(lim[1] for lim in lims)
-    for ax in axes[:2]:
-        ax.set_ylim(lo, hi)
+        ax.set_ylim(min(lim[0] for lim in lims), max(lim[1] for lim in lims))
     _colorbar(fig, axes[1], sig, "coolwarm", SYM["sigma_w2"])
     ax = axes[2]
     meas = pd.DataFrame(measured, columns=["mode", "sigma_w2", "slope"])
@@ -527,12 +537,8 @@ def gradient_norms(gradients: pd.DataFrame, theory: pd.DataFrame | None = None, 
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel(SYM["sigma_w2"])
     ax.set_ylabel(r"$1/\xi_\nabla$ (slope of $\ln\|\nabla_{W^l}E\|^2$ in $l$)")
-    ax.set_title(r"(c) gradient depth scale: $1/\xi_\nabla = -\ln\chi_1$")
+    ax.set_title(prefix + r"(c) gradient depth scale: $1/\xi_\nabla = -\ln\chi_1$")
     ax.legend()
-    names = {"sigma_b2": SYM["sigma_b2"], "keep_rate": SYM["keep_rate"], "depth": r"$L$", "width": r"$N$"}
-    label = ", ".join(f"{names.get(k, k)} = {_num(v)}" for k, v in setting.items())
-    fig.suptitle(f"Per-layer gradient norms at initialisation ({label}); dashed: theory", fontsize=10)
-    return fig
 
 
 def _theory_scales(setting, sigma_w2, theory):
