@@ -74,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forms", default="n*xi_c,n*xi_1,n*min(xi_c,xi_1)",
                         help="fitted forms overlaid on the heatmaps and the fit summary")
     parser.add_argument("--reference", default="6*xi_c",
-                        help="fixed published rules drawn dotted on the heatmaps, e.g. "
-                             "'6*xi_c' (Schoenholz) or '12*xi_1,6*xi_c,12*xi_c' (Huang); '' for none")
+                        help="fixed published rules drawn in white on the heatmaps, e.g. "
+                             "'6*xi_c' (Schoenholz) or '12*xi_1,6*xi_c,12*xi_c' (Huang); the * may "
+                             "be left out (6xi_c, shell-safe); '' for none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -585,15 +586,15 @@ def _panels(cells: pd.DataFrame, fits: pd.DataFrame):
 
 
 def _parse_reference(text: str):
+    """'12*xi_1,6xi_c' -> [(12.0, 'xi_1'), (6.0, 'xi_c')]."""
+    import re
+
     out = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
-        mult, _, xi = item.partition("*")
-        try:
-            out.append((float(mult), xi.strip()))
-        except ValueError:
-            raise InputError("reference", item, "rules like 6*xi_c or 12*xi_1") from None
-        if xi.strip() not in ("xi_c", "xi_1", "xi_min"):
-            raise InputError("reference", item, "ξ of xi_c, xi_1 or xi_min")
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*\*?\s*(xi_c|xi_1|xi_min)", item)
+        if not match:
+            raise InputError("reference", item, "rules like 6*xi_c, 12*xi_1 or 6xi_min")
+        out.append((float(match.group(1)), match.group(2)))
     return out
 
 
