@@ -129,3 +129,11 @@ def test_theory_tables_deduplicate_points_and_refuse_conflicts(tmp_path):
     with pytest.raises(InputError) as err:
         aggregate([a, b, c], tmp_path / "theory2.parquet", kind="theory")
     assert "b.parquet" in str(err.value) and "c.parquet" in str(err.value)
+
+
+def test_kind_is_detected_from_most_files_so_the_broken_one_is_named(tmp_path):
+    good = [write(training_cell(5, s2, 0), tmp_path / f"good{s2}.parquet") for s2 in (1.0, 2.0)]
+    broken = write(training_cell(5, 3.0, 0).drop(columns=["train_accuracy"]), tmp_path / "broken.parquet")
+    with pytest.raises(InputError) as err:
+        aggregate([broken] + good, tmp_path / "out.parquet")
+    assert err.value.field == "training cell files" and "broken.parquet" in str(err.value)

@@ -132,14 +132,20 @@ def _read_list_file(list_file: str) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def detect_kind(schema: pa.Schema) -> str:
-    names = set(schema.names)
-    if {"step", "train_accuracy"} <= names:
-        return "training"
-    if {"layer", "grad_sq_norm"} <= names:
-        return "gradients"
-    if {"xi_c", "chi_1"} <= names:
-        return "theory"
+def detect_kind(schemas) -> str:
+    """The kind most of the files' columns say (a broken file is then named by the checks)."""
+    if isinstance(schemas, pa.Schema):
+        schemas = [schemas]
+    votes: dict[str, int] = {}
+    for schema in schemas:
+        names = set(schema.names)
+        for kind, marks in (("training", {"step", "train_accuracy"}), ("gradients", {"layer", "grad_sq_norm"}),
+                            ("theory", {"xi_c", "chi_1"})):
+            if marks <= names:
+                votes[kind] = votes.get(kind, 0) + 1
+                break
+    if votes:
+        return max(votes, key=votes.get)
     raise InputError("kind", "auto", "training (has step, train_accuracy), gradients (has layer, "
                      "grad_sq_norm) or theory (has xi_c, chi_1); pass --kind")
 
@@ -171,7 +177,7 @@ def check_schemas(files: list[Path], schemas: list[pa.Schema], kind: str) -> Non
             bad.append(f"{path}: {'; '.join(verdicts[key])}")
     if bad:
         more = f" (and {len(bad) - _MAX_NAMED} more files)" if len(bad) > _MAX_NAMED else ""
-        raise InputError(f"{kind} cell files", "\n  " + "\n  ".join(bad[:_MAX_NAMED]) + more,
+        raise InputError(f"{kind} cell files", " | ".join(bad[:_MAX_NAMED]) + more,
                          "files with the columns of the contract: "
                          + ", ".join(f"{k} ({v})" for k, v in required.items()))
 
@@ -197,7 +203,7 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
         raise InputError("output", str(output), "a path ending in .parquet")
     schemas = read_schemas(files)
     if kind == "auto":
-        kind = detect_kind(schemas[0])
+        kind = detect_kind(schemas)
     if kind not in CONTRACTS:
         raise InputError("kind", kind, ", ".join(sorted(CONTRACTS)))
     check_schemas(files, schemas, kind)
@@ -236,7 +242,7 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
             lines = [f"cell {cid} in {', '.join(sorted(paths))}"
                      for cid, paths in list(duplicates.items())[:_MAX_NAMED]]
             more = f" (and {len(duplicates) - _MAX_NAMED} more cells)" if len(duplicates) > _MAX_NAMED else ""
-            raise InputError("cell_id", "\n  " + "\n  ".join(lines) + more,
+            raise InputError("cell_id", " | ".join(lines) + more,
                              "each cell in exactly one file (remove the stale copies)")
     return {"kind": kind, "files": len(files), "rows": rows, "cells": len(owner)}
 
@@ -271,7 +277,7 @@ def _aggregate_theory(files: list[Path], schema: pa.Schema, output) -> dict:
         for point, grp in list(clash.groupby(key, dropna=False))[:_MAX_NAMED]:
             names = sorted({str(files[i]) for i in grp["__file"]})
             lines.append(f"{dict(zip(key, point))} differs between {', '.join(names)}")
-        raise InputError("theory grid point", "\n  " + "\n  ".join(lines),
+        raise InputError("theory grid point", " | ".join(lines),
                          "one set of values per grid point (regenerate the stale theory file)")
     out = pa.Table.from_pandas(deduped.drop(columns="__file").sort_values(key), schema=schema,
                                preserve_index=False)
