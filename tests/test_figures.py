@@ -216,3 +216,28 @@ def test_a_figure_whose_table_cannot_make_it_is_skipped_unless_asked_for(tmp_pat
     assert (tmp_path / "dropout_depth.png").exists()
     assert main(["figures", "--theory", str(tmp_path / "line.parquet"), "-d", str(tmp_path),
                  "--only", "phase_diagram"]) == 2
+
+
+@pytest.mark.slow
+def test_real_cells_go_through_aggregate_fit_and_figures(tmp_path):
+    """The stage contracts end to end: train-cell and grad-cell files -> aggregate -> fit -> figures."""
+    cells = tmp_path / "cells"
+    for depth in (2, 12):
+        for s2 in (1.0, 3.0):
+            assert main(["train-cell", "--dataset", "digits", "--depth", str(depth), "--width", "16",
+                         "--sigma-w2", str(s2), "--steps", "30", "--checkpoints", "10,30", "--batch-size", "32",
+                         "--lr", "0.05", "--data-dir", str(tmp_path / "data"),
+                         "-o", str(cells / "training" / f"d{depth}_s{s2}.parquet")]) == 0
+    for s2 in (1.2, 2.5):
+        assert main(["grad-cell", "--depth", "12", "--width", "32", "--sigma-w2", str(s2), "--inits", "3",
+                     "-o", str(cells / "gradients" / f"s{s2}.parquet")]) == 0
+    assert main(["aggregate", str(cells / "training"), "-o", str(tmp_path / "training.parquet")]) == 0
+    assert main(["aggregate", str(cells / "gradients"), "-o", str(tmp_path / "gradients.parquet")]) == 0
+    assert main(["fit", str(tmp_path / "training.parquet"), "-o", str(tmp_path / "fit.parquet"),
+                 "--bootstrap", "20"]) == 0
+    fits = pd.read_parquet(tmp_path / "fit.parquet")
+    assert set(fits.loc[~fits["pooled"], "step"]) == {10, 30}
+    assert main(["figures", "--gradients", str(tmp_path / "gradients.parquet"), "--fit", str(tmp_path / "fit.parquet"),
+                 "-d", str(tmp_path / "figs"), "--only", "gradient_norms,universality,trainability,fit_summary"]) == 0
+    for name in ("gradient_norms", "universality", "trainability", "fit_summary"):
+        assert (tmp_path / "figs" / f"{name}.png").exists()
