@@ -194,6 +194,13 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     assert main(["train-cell", "--lr", "1e-3,200", "-o", str(tmp_path / "x.parquet")]) == 2
     assert "lr" in capsys.readouterr().err
     assert main(["train-cell", "--dataset", "digits"]) == 2  # no output path
+    assert main(["train-cell", "--device", "tpu", "-o", str(tmp_path / "x.parquet")]) == 2
+    assert "device" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["train-cell", "--device", "cuda", "-o", str(tmp_path / "x.parquet")]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
 
 
