@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -49,16 +48,18 @@ def copy_workflow(dest: Path, config: dict | None = None) -> Path:
 
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB of the child, output tail) of one command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    # ru_maxrss of children is the max over all children so far: only meaningful when larger
-    return seconds, max(peak, before) / 1024.0, (done.stdout + done.stderr)[-2000:]
+    """(seconds, peak RSS in MB of that command, output tail) of one command."""
+    with tempfile.TemporaryFile(mode="w+") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{text[-4000:]}")
+    return seconds, usage.ru_maxrss / 1024.0, text[-2000:]
 
 
 def job_count(text: str) -> int:
@@ -125,7 +126,8 @@ def bench_dag(n_cells: int, tmp: Path) -> None:
                                       str(base_dir)], base_dir)
     print(f"1. dry-run DAG, {jobs:,} jobs ({sum_cells(text):,} cells):")
     print(f"   mfpipe workflow        {ours:7.1f} s   peak RSS {ours_mb:7.0f} MB")
-    print(f"   one-rule Snakefile     {base:7.1f} s   ({job_count(base_text):,} jobs)")
+    print(f"   one-rule Snakefile     {base:7.1f} s   peak RSS {base_mb:7.0f} MB   "
+          f"({job_count(base_text):,} jobs)")
     print(f"   ratio                  {ours / base:7.2f}×   (goal ≤ 1.5×)")
 
 
@@ -174,7 +176,7 @@ def bench_noop(n_cells: int, tmp: Path) -> None:
     assert "Nothing to be done" in base_text, base_text
     print(f"2. no-op rerun of a finished {len(listing):,}-cell grid (fake outputs):")
     print(f"   mfpipe workflow        {ours:7.1f} s   peak RSS {ours_mb:7.0f} MB")
-    print(f"   one-rule Snakefile     {base:7.1f} s")
+    print(f"   one-rule Snakefile     {base:7.1f} s   peak RSS {base_mb:7.0f} MB")
     print(f"   ratio                  {ours / base:7.2f}×")
 
 
