@@ -199,16 +199,16 @@ FIGURE_OPTIONS = " ".join(f"--{key} {shlex.quote(str(_FIGURES_CONFIG[key]))}"
                           for key in ("forms", "reference") if key in _FIGURES_CONFIG)
 
 
-def figure_inputs(wildcards):
-    inputs = dict(FIGURE_INPUTS[wildcards.name])
+def figure_inputs(name):
+    inputs = dict(FIGURE_INPUTS[name])
     if "fit" in inputs:
         inputs["fit_tables"] = FIT_TABLES
     return inputs
 
 
-def figure_flags(wildcards):
+def figure_flags(name):
     return " ".join(f"--{flag.replace('_', '-')} {shlex.quote(path)}"
-                    for flag, path in sorted(FIGURE_INPUTS[wildcards.name].items()))
+                    for flag, path in sorted(FIGURE_INPUTS[name].items()))
 
 
 ALL_TARGETS = []

@@ -1,23 +1,25 @@
-# Figures from parquet only (`mfpipe figures --only NAME`), one job per figure so one that
-# cannot be drawn does not hold back the others.  Captions for `snakemake --report` are in
-# workflow/report/<name>.rst.
+# Figures from parquet only (`mfpipe figures --only NAME`), one rule and job per figure (so one
+# that cannot be drawn does not hold back the others), each with its caption for
+# `snakemake --report` from workflow/report/<name>.rst.
 
+for _figure in FIGURE_INPUTS:
 
-rule figure:
-    input:
-        unpack(figure_inputs),
-    output:
-        png=report("results/figures/{name}.png", caption="../report/{name}.rst",
-                   category="mfpipe", labels={"figure": "{name}"}),
-        pdf="results/figures/{name}.pdf",
-    log:
-        "logs/figures/{name}.log",
-    params:
-        inputs=figure_flags,
-        options=FIGURE_OPTIONS,
-    localrule: True
-    wildcard_constraints:
-        name=_alternatives(list(FIGURE_INPUTS)),
-    shell:
-        "{MFPIPE} figures --only {wildcards.name} {params.inputs} {params.options} "
-        "--output {wildcards.name}={output.png:q} > {log:q} 2>&1"
+    rule:
+        name:
+            f"figure_{_figure}"
+        input:
+            **figure_inputs(_figure),
+        output:
+            png=report(f"results/figures/{_figure}.png", caption=f"../report/{_figure}.rst",
+                       category="mfpipe", labels={"figure": _figure}),
+            pdf=f"results/figures/{_figure}.pdf",
+        log:
+            f"logs/figures/{_figure}.log",
+        params:
+            name=_figure,
+            inputs=figure_flags(_figure),
+            options=FIGURE_OPTIONS,
+        localrule: True
+        shell:
+            "{MFPIPE} figures --only {params.name} {params.inputs} {params.options} "
+            "--output {params.name}={output.png:q} > {log:q} 2>&1"
