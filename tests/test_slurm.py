@@ -122,18 +122,50 @@ def path_without_slurm(directory: Path) -> str:
     return path
 
 
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs of `snakemake -n --verbose` output: rule, output and resources of each."""
+    jobs = []
+    for line in output.splitlines():
+        rule = re.fullmatch(r"\s*(?:local)?rule (\w+):", line)
+        if rule:
+            jobs.append({"rule": rule.group(1), "output": "", "resources": {}})
+            continue
+        field = re.fullmatch(r"\s+(output|resources): (.*)", line)
+        if field and jobs:
+            if field.group(1) == "output":
+                jobs[-1]["output"] = field.group(2)
+            else:
+                jobs[-1]["resources"] = dict(item.split("=", 1) for item in field.group(2).split(", ")
+                                             if "=" in item)
+    return jobs
+
+
 def test_slurm_profile_dry_run_without_slurm_installed(tmp_path):
+    """`snakemake --profile profiles/slurm -n` works with no SLURM command on the machine, and
+    every cell job carries the resources the profile relies on: gpu, and mem_mb / runtime
+    estimated from the cell (what the SLURM request is made of)."""
     env = {**os.environ, "PATH": path_without_slurm(tmp_path)}
     for key in SITE_VARIABLES:
         env.pop(f"MFPIPE_SLURM_{key}", None)
+    config = REPO / "config" / "config.yaml"
     done = subprocess.run(
         [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-         "--configfile", str(REPO / "config" / "config.yaml"), "--profile", str(PROFILE), "-n"],
+         "--configfile", str(config), "--profile", str(PROFILE), "-n", "--verbose"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
     assert int(stats.get("train_cell", 0)) > 0 and int(stats.get("grad_cell", 0)) > 0, output[-3000:]
+
+    estimates = cell_estimates(config)
+    cell_jobs = [job for job in dry_run_jobs(output) if job["rule"] in ("train_cell", "grad_cell")]
+    assert len(cell_jobs) == int(stats["train_cell"]) + int(stats["grad_cell"])
+    for job in cell_jobs:
+        runtime, mem_mb = estimates[job["output"]]
+        resources = job["resources"]
+        assert resources.get("gpu") == "1", job
+        assert resources.get("mem_mb") == str(mem_mb), job
+        assert resources.get("runtime") == str(runtime), job
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +241,47 @@ def diagnostics(log: str, workdir: Path) -> str:
     return "\n".join(parts)
 
 
+# Pending reasons that never clear by waiting: the request does not fit the cluster.
+UNSCHEDULABLE = ("PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit",
+                 "InvalidQOS", "InvalidAccount", "ReqNodeNotAvail")
+
+
+def run_watching_queue(command: list[str], workdir: Path, env: dict, timeout: float):
+    """Run Snakemake; stop it early (and fail) when SLURM says one of its jobs can never run."""
+    import time
+
+    log_path = workdir / "snakemake.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        problem = None
+        while process.poll() is None and problem is None:
+            if time.monotonic() > deadline:
+                problem = f"snakemake --profile profiles/slurm did not finish in {timeout:.0f} s"
+                break
+            time.sleep(2)
+            queue = subprocess.run(["squeue", "-h", "-t", "pending", "-o", "%i|%j|%r"],
+                                   capture_output=True, text=True, env=env).stdout
+            for line in queue.splitlines():
+                job_id, name, reason = line.split("|", 2)
+                if name.startswith("mfpipe") and reason in UNSCHEDULABLE:
+                    request = subprocess.run(["scontrol", "show", "job", job_id],
+                                             capture_output=True, text=True, env=env).stdout
+                    problem = (f"SLURM job {job_id} can never start ({reason}):\n{request}")
+        if problem is not None:
+            process.terminate()  # Snakemake cancels its SLURM jobs on the way out
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    log = log_path.read_text()
+    if problem is not None:
+        pytest.fail(f"{problem}\n{diagnostics(log, workdir)}")
+    return process.returncode, log
+
+
 @pytest.fixture
 def local_slurm():
     """SLURM running on this machine: started by scripts/slurm-local.sh (and stopped after the
@@ -274,16 +347,9 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
     snakemake = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
                  "--configfile", "grid.yaml", "--profile", str(PROFILE)]
     # test-only: the first status check after 2 s instead of 40 s
-    try:
-        run = subprocess.run(snakemake + ["--slurm-init-seconds-before-status-checks", "2"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
-    except subprocess.TimeoutExpired as timeout:
-        partial = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
-                          for part in (timeout.stdout or "", timeout.stderr or ""))
-        pytest.fail("snakemake --profile profiles/slurm did not finish in 420 s\n"
-                    + diagnostics(partial, tmp_path))
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, diagnostics(log, tmp_path)
+    returncode, log = run_watching_queue(
+        snakemake + ["--slurm-init-seconds-before-status-checks", "2"], tmp_path, env, 420)
+    assert returncode == 0, diagnostics(log, tmp_path)
 
     # Cells went through SLURM, packed CELLS_PER_JOB per job: ceil(6 / 3) = 2 submissions.
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
@@ -333,9 +399,11 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
     assert sorted(gradients["layer"].unique()) == list(range(GRAD_DEPTH))
     assert (gradients["grad_sq_norm"] > 0).all()
 
-    # A second run has nothing to do, and nothing of this run is left in the queue.
-    again = subprocess.run(snakemake + ["-n"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=180)
+    # A second run has nothing to do (no output missing, older than its input or left
+    # incomplete by a SLURM job; the code/params triggers are left out so that an edit of the
+    # rules made while this test runs does not count), and nothing is left in the queue.
+    again = subprocess.run(snakemake + ["-n", "--rerun-triggers", "mtime", "input"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, (
         again.stdout + again.stderr)[-3000:]
     queue = subprocess.run(["squeue", "-h", "-t", "pending,running", "-o", "%i %j"],
