@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -261,21 +262,27 @@ def run_watching_queue(command: list[str], workdir: Path, env: dict, timeout: fl
                 problem = f"snakemake --profile profiles/slurm did not finish in {timeout:.0f} s"
                 break
             time.sleep(2)
-            queue = subprocess.run(["squeue", "-h", "-t", "pending", "-o", "%i|%j|%r"],
-                                   capture_output=True, text=True, env=env).stdout
+            run_name = re.search(r"SLURM run ID: (\S+)", log_path.read_text())
+            if run_name is None:
+                continue
+            queue = subprocess.run(["squeue", "-h", "-t", "pending", "-n", run_name.group(1),
+                                    "-o", "%i|%r"], capture_output=True, text=True, env=env).stdout
             for line in queue.splitlines():
-                job_id, name, reason = line.split("|", 2)
-                if name.startswith("mfpipe") and reason in UNSCHEDULABLE:
+                job_id, reason = line.split("|", 1)
+                if reason in UNSCHEDULABLE:
                     request = subprocess.run(["scontrol", "show", "job", job_id],
                                              capture_output=True, text=True, env=env).stdout
                     problem = (f"SLURM job {job_id} can never start ({reason}):\n{request}")
         if problem is not None:
-            process.terminate()  # Snakemake cancels its SLURM jobs on the way out
+            process.send_signal(signal.SIGINT)  # Snakemake cancels its SLURM jobs on the way out
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            run_name = re.search(r"SLURM run ID: (\S+)", log_path.read_text())
+            if run_name:  # and in case it could not
+                subprocess.run(["scancel", "-n", run_name.group(1)], env=env)
     log = log_path.read_text()
     if problem is not None:
         pytest.fail(f"{problem}\n{diagnostics(log, workdir)}")
