@@ -56,9 +56,9 @@ def test_profile_defaults(monkeypatch):
     assert int(profile["jobs"]) == 100
     assert int(profile["retries"]) >= 1
     assert profile["slurm-requeue"] == "True"
-    # cells of both kinds are packed into one group, 50 per SLURM job, sharing one GPU
+    # cells of both kinds are packed into one group, 20 per SLURM job, sharing one GPU
     assert as_mapping(profile["groups"]) == {"train_cell": "cells", "grad_cell": "cells"}
-    assert as_mapping(profile["group-components"]) == {"cells": "50"}
+    assert as_mapping(profile["group-components"]) == {"cells": "20"}
     assert as_mapping(profile["set-resource-scopes"]) == {"gpu": "local"}
     assert as_mapping(profile["resources"]) == {"gpu": "1"}
     defaults = as_mapping(profile["default-resources"])
