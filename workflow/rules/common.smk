@@ -89,16 +89,11 @@ def cell_runtime(wildcards, attempt):
     return runtime_minutes(CELL_SECONDS[cell_key(wildcards)], RESOURCES, attempt)
 
 
-# Per-cell memory and runtime matter to a cluster scheduler; on one machine only cores limit
-# the jobs, and leaving the estimates out keeps the DAG of a 100k-cell grid cheap (each
-# per-job function costs about as much as Snakemake's own work for a job).
-if workflow.non_local_exec or workflow.remote_exec:
-    CELL_RESOURCES = {"mem_mb": cell_mem_mb, "runtime": cell_runtime,
-                      "gpu": RESOURCES["gpus_per_cell"]}
-else:
-    CELL_RESOURCES = {}
-
-
+# What a cluster scheduler needs per cell (the SLURM profile reads these; locally only cores
+# limit the jobs): memory and runtime estimated from depth × width × steps, the runtime
+# doubling with each retry, and the GPUs of `resources.gpus_per_cell`.
+CELL_RESOURCES = {"mem_mb": cell_mem_mb, "runtime": cell_runtime,
+                  "gpu": RESOURCES["gpus_per_cell"]}
 DATA_FILE = _data_cache("{dataset}")
 _DATASETS = {c.params["dataset"] for s in STUDIES.values() for c in s.cells}
 DATASET_RE = "|".join(sorted(_DATASETS - {"gaussian"})) or "(?!x)x"
