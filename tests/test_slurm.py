@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -249,8 +250,6 @@ UNSCHEDULABLE = ("PartitionConfig", "BadConstraints", "PartitionNodeLimit", "Par
 
 def run_watching_queue(command: list[str], workdir: Path, env: dict, timeout: float):
     """Run Snakemake; stop it early (and fail) when SLURM says one of its jobs can never run."""
-    import time
-
     log_path = workdir / "snakemake.log"
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log_file,
