@@ -43,6 +43,7 @@ from pathlib import Path
 POOLED_COMMANDS = ("train-cell", "grad-cell")
 DEFAULT_IDLE_TIMEOUT = 120.0
 START_TIMEOUT = 180.0
+_MAX_SOCKET_PATH = 100
 _HEADER = struct.Struct("!I")
 _CODE = struct.Struct("!i")
 
@@ -104,9 +105,15 @@ def pool_dir() -> Path:
 
 
 def socket_path(module: str) -> Path:
-    """One server per (Python, mfpipe checkout, module, host)."""
-    key = f"{sys.executable}:{Path(__file__).resolve().parent}:{module}:{socket.gethostname()}"
-    return pool_dir() / f"{module.rsplit('.', 1)[-1]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.sock"
+    """One server per (Python, mfpipe checkout, module, host, pool directory)."""
+    directory = pool_dir()
+    key = (f"{sys.executable}:{Path(__file__).resolve().parent}:{module}:{socket.gethostname()}:"
+           f"{directory}")
+    name = f"{module.rsplit('.', 1)[-1]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.sock"
+    path = directory / name
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:  # AF_UNIX paths are limited to ~107 bytes
+        path = Path(f"/tmp/mfpipe-{os.getuid()}-{name}")
+    return path
 
 
 def loaded_sources() -> dict[str, int]:
@@ -261,12 +268,13 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
     warm_seconds = warm_up(module)
     print(f"{time.strftime('%H:%M:%S')} warm-up cell: {warm_seconds:.2f} s", flush=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = str(Path(path).parent / f".{os.getpid()}.bind")  # short: AF_UNIX path limit
     listener.bind(tmp)
     listener.listen(128)
     os.replace(tmp, path)  # appear only when ready to accept
     ino = os.stat(path).st_ino
-    Path(f"{path}.pid").write_text(f"{os.getpid()}\n")
+    pid_file = pool_dir() / f"{Path(path).name}.pid"  # in the pool directory, whatever the path
+    pid_file.write_text(f"{os.getpid()}\n")
     print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} ready: {module} at {path}",
           flush=True)
     sources = loaded_sources()  # a request after any of these changed restarts the server
@@ -306,8 +314,8 @@ def serve(path: str, module: str, idle_timeout: float) -> None:
             children.add(_fork_child(conn, listener))
     listener.close()
     with contextlib.suppress(OSError):
-        if Path(f"{path}.pid").read_text().strip() == str(os.getpid()):
-            os.unlink(f"{path}.pid")
+        if pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
     why = "mfpipe sources changed" if stale else f"idle for {idle_timeout:g} s"
     print(f"{time.strftime('%H:%M:%S')} pool server {os.getpid()} exiting: {why}", flush=True)
 
