@@ -1,14 +1,15 @@
 # Config → cells (mfpipe.grid), lookups the rules use, and the targets.
 #
 # Staleness (Snakemake's default rerun triggers: mtime, params, input, code, software-env):
-# * A cell's output path names its grid parameters (results/cells/<study>/depth=16/…/seed=0.parquet).
+# * A cell's output path names its grid parameters
+#   (results/cells/<study>/dataset=mnist5k/…/depth=16/…/seed=0.parquet, canonical numbers).
 #   A new grid value or seed adds paths: only those cells run.  Removing a value leaves the old
-#   files alone (they are no longer aggregated).
+#   files alone (they are no longer aggregated: `mfpipe aggregate` reads the study's cell list).
 # * A cell's params are ONE string of `mfpipe` flags holding every parameter (defaults included,
 #   settings such as steps / lr / batch_size, canonical numbers) and the kind's engine version.
 #   A changed study setting changes the string of every cell of that study, and only those
-#   cells rerun (params trigger); a bumped engine version (mfpipe.grid.ENGINE_VERSIONS /
-#   mfpipe.cells.ENGINE_VERSIONS) reruns every cell of that kind.
+#   cells rerun (params trigger); a bumped engine version (mfpipe.cells.ENGINE_VERSIONS, read
+#   through mfpipe.grid.engine_versions) reruns every cell of that kind.
 # * Rules are `shell:` rules: the code trigger compares the command template only, so editing
 #   mfpipe's Python code (plotting, fitting, …) never reruns a cell.  Keep the templates stable.
 # * Params are plain str/int (numpy scalars would be silently left out of change detection).
