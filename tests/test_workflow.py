@@ -201,18 +201,21 @@ def test_killed_run_resumes_and_computes_every_cell_once(tmp_path):
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env_for(work), start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(cells_dir.rglob("*.parquet"))) < 3:
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: running cells are aborted
-        proc.wait(timeout=120)
         from base64 import urlsafe_b64encode
 
         def recorded_incomplete(path: Path) -> bool:  # a job Snakemake had not seen finish
             key = urlsafe_b64encode(str(path.relative_to(work)).encode()).decode()
             return (work / ".snakemake" / "incomplete" / key).exists()
 
+        def finished() -> int:
+            return sum(not recorded_incomplete(p) for p in cells_dir.rglob("*.parquet"))
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and finished() < 3:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: running cells are aborted
+        proc.wait(timeout=120)
         before = {p: p.stat().st_mtime_ns for p in cells_dir.rglob("*.parquet")
                   if not recorded_incomplete(p)}
         assert 3 <= len(before) < 9
