@@ -215,6 +215,8 @@ def bench_efficiency(tmp: Path, no_pool_sample: int) -> None:
           f"{train_s / (wall * cores):.3f}   (goal ≥ 0.9)")
     print(f"   efficiency, cell phase  = Σ train / (cell phase × {cores})  = "
           f"{train_s / (cell_phase * cores):.3f}   (cell phase {cell_phase:.1f} s)")
+    print(f"   outside the cell phase (Snakemake start, data, pool start, theory, aggregate, fit, "
+          f"figures): {wall - cell_phase:.1f} s of wall time")
     print(f"   per-cell overhead in the warm pool: "
           f"{(cell_phase * cores - train_s) / n:.2f} s per training cell "
           f"(start-up, data, eval, write, Snakemake)")
