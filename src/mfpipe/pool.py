@@ -19,6 +19,11 @@ warm server on this machine:
   changed makes it exit, and the client starts a fresh server with the new code.  Idle servers
   exit after ``--idle-timeout`` seconds (default 120; ``$MFPIPE_POOL_IDLE``).  Servers live in
   ``$MFPIPE_POOL_DIR`` (default ``/tmp/mfpipe-pool-<uid>``), with their log.
+* Inside a SLURM job (``SLURM_JOB_ID`` set) the command runs in the client process unless
+  ``MFPIPE_POOL=1`` asks for a server: a server outlives the job step that started it, so on a
+  shared node another job's cell could land in it (with that job's GPU, cgroup and memory
+  limit), and with cgroup process tracking it is killed after every step anyway.  Cluster cells
+  run for minutes, so the 2–5 s start-up saved is negligible there.
 * ``MFPIPE_POOL=0`` runs the command in the client process instead (same results, no server);
   so does any failure to reach or start a server (with a warning on stderr).
 
@@ -68,13 +73,23 @@ def run(args) -> int:
                                           "`mfpipe pool train-cell --depth 10 -o cell.parquet`")
     idle = args.idle_timeout if args.idle_timeout is not None else float(
         os.environ.get("MFPIPE_POOL_IDLE", DEFAULT_IDLE_TIMEOUT))
-    if argv[0] not in POOLED_COMMANDS or os.environ.get("MFPIPE_POOL", "1") == "0":
+    if not use_pool(argv[0]):
         return _run_inline(argv)
     try:
         return run_pooled(argv, idle_timeout=idle)
     except PoolUnavailable as err:
         print(f"mfpipe pool: {err}; running in this process", file=sys.stderr, flush=True)
         return _run_inline(argv)
+
+
+def use_pool(command: str, environ=os.environ) -> bool:
+    """Whether ``command`` goes through a warm server (see the module docstring)."""
+    if command not in POOLED_COMMANDS:
+        return False
+    setting = environ.get("MFPIPE_POOL", "")
+    if setting == "0":
+        return False
+    return setting == "1" or not environ.get("SLURM_JOB_ID")
 
 
 class PoolUnavailable(RuntimeError):
