@@ -239,6 +239,18 @@ def _colors(values, cmap="viridis"):
     return {v: cm(0.05 + 0.9 * (v - lo) / (hi - lo)) for v in values}
 
 
+def _fitted_curves(panel_curves, fits, panel, forms):
+    """(form, curve rows, fit row) for each form fitted in ``panel`` (forms with no observed
+    boundary in the panel have n = NaN and no curve)."""
+    for form in forms:
+        fc = panel_curves[panel_curves["form"] == form]
+        if fc.empty:
+            continue
+        fr = fits[(fits["panel"] == panel) & (fits["form"] == form)].iloc[0]
+        if np.isfinite(fr["n"]):
+            yield form, fc, fr
+
+
 def _num(x):
     from mfpipe.values import format_number
 
@@ -620,13 +632,7 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
             ax.set_yscale("log")
         cv = curves[curves["panel"] == p]
         top = d_edges[-1]
-        for form in forms:
-            fc = cv[cv["form"] == form]
-            if fc.empty:
-                continue
-            fr = fits[(fits["panel"] == p) & (fits["form"] == form)].iloc[0]
-            if not np.isfinite(fr["n"]):
-                continue  # no observed boundary in this panel: nothing was fitted
+        for form, fc, fr in _fitted_curves(cv, fits, p, forms):
             label = FORM_LABEL.get(form, form)
             if fr["kind"] == "prop":
                 label = label.replace("n", _num(round(float(fr["n"]), 2)), 1)
@@ -780,16 +786,10 @@ def fit_summary(boundaries, curves, fits, forms=("n*xi_c", "n*xi_1", "n*min(xi_c
         ax.plot(none["sigma_w2"], none["depth_min_tested"], "v", color="0.4", ms=5, mfc="none",
                 label="trains at no depth", zorder=5)
         cv = curves[curves["panel"] == p]
-        for form in forms:
-            fc = cv[cv["form"] == form]
-            if fc.empty:
-                continue
-            fr = fits[(fits["panel"] == p) & (fits["form"] == form)].iloc[0]
-            if not np.isfinite(fr["n"]):
-                continue  # no observed boundary in this panel: nothing was fitted
+        for form, fc, fr in _fitted_curves(cv, fits, p, forms):
             color = FORM_COLOR.get(form, "C0")
             label = FORM_LABEL.get(form, form)
-            if fr["kind"] == "prop" and np.isfinite(fr["n"]):
+            if fr["kind"] == "prop":
                 label = label.replace("n", f"{fr['n']:.3g}", 1) + f" [{fr['n_low']:.3g}, {fr['n_high']:.3g}]"
             label += f", acc {fr['classification_accuracy']:.2f}"
             ax.plot(fc["sigma_w2"], fc["depth_pred"], color=color, lw=1.4, label=label)
