@@ -34,6 +34,10 @@ include: "workflow/rules/common.smk"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+onstart:
+    start_pool_server()
+
+
 rule all:
     input:
         ALL_TARGETS,

@@ -18,6 +18,7 @@ change reruns only the cells whose learning rate actually changes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -403,6 +404,20 @@ def _device_name(device) -> str:
     if getattr(device, "type", str(device)) == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one CPU thread for the block: a pool server's warm-up runs so, so that no thread
+    pool exists when it forks its children (OpenMP does not survive ``fork``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def utc_now() -> str:

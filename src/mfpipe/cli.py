@@ -10,7 +10,6 @@ or an argparse error), 1 anything else.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
@@ -34,13 +33,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse already exits 2; keep its message format
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+def build_parser(command: str | None = None):
+    import argparse
 
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # argparse already exits 2; keep its message format
+            self.print_usage(sys.stderr)
+            self.exit(2, f"{self.prog}: error: {message}\n")
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="mfpipe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mfpipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -53,6 +53,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pool"]:  # the workflow's every job: skip argparse (and its imports)
+        from mfpipe import pool
+
+        split = pool.split_argv(argv[1:])
+        if split is not None and split[1] and split[1][0] != "-":
+            try:
+                return pool.run_command(split[1], split[0])
+            except InputError as err:
+                print(f"mfpipe pool: error: {err}", file=sys.stderr)
+                return 2
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is not None and command not in COMMANDS:
         command = None

@@ -345,7 +345,8 @@ def fixed_subset(n: int, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, data_dir: str, preprocess: str, eval_size: int) -> Dataset:
+def _load_cached(name: str, data_dir: str, preprocess: str, eval_size: int, stamp) -> Dataset:
+    """``stamp`` (the cache file's mtime and size) makes a rewritten cache file a new entry."""
     raw = load_raw(name, data_dir)
     x_train, x_test = preprocess_arrays(raw, preprocess)
     for arr in (x_train, x_test):
@@ -366,7 +367,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         raise InputError("preprocess", preprocess, ", ".join(PREPROCESSING))
     if int(eval_size) < 0:
         raise InputError("eval_size", eval_size, "an integer ≥ 0 (0 = the whole split)")
-    return _load_cached(name, str(resolve_data_dir(data_dir)), preprocess, int(eval_size))
+    directory = os.path.abspath(resolve_data_dir(data_dir))
+    try:
+        info = os.stat(cache_path(name, directory))
+        stamp = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        stamp = None
+    return _load_cached(name, directory, preprocess, int(eval_size), stamp)
 
 
 def clear_memory_cache() -> None:

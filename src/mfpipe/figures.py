@@ -202,6 +202,23 @@ def style():
                       "legend.frameon": False, "image.cmap": "viridis", "mathtext.fontset": "dejavusans"})
 
 
+def warm_up() -> None:
+    """For a pool server: import matplotlib and seaborn and draw a small figure with mathtext into
+    memory, so that its children find the fonts, the mathtext parser and the backends loaded."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    style()
+    fig, (ax,) = _grid(1)
+    ax.plot([0, 1], [0, 1], label=r"$\xi_c$")
+    ax.set(xlabel=r"$\sigma_w^2$", ylabel="depth $L$")
+    ax.legend()
+    for fmt in FORMATS:
+        fig.savefig(io.BytesIO(), format=fmt, bbox_inches="tight")
+    plt.close(fig)
+
+
 def save(fig, png: Path) -> Path:
     """Write ``png`` and the PDF beside it, atomically."""
     import matplotlib.pyplot as plt

@@ -160,6 +160,12 @@ def run_grad_cell(params: dict, output=None, *, device: str = "auto", data_dir=N
     return table
 
 
+def warm_up() -> None:
+    """For a pool server: a tiny gradient cell on Gaussian inputs (torch's first-use costs)."""
+    with cells.one_torch_thread():
+        run_grad_cell({"depth": 3, "width": 8, "inits": 1}, None, device="cpu", progress=False)
+
+
 def add_arguments(parser) -> None:
     cells.add_common_arguments(parser, "grad")
 

@@ -31,7 +31,6 @@ identical results on the CPU.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import time
@@ -47,19 +46,55 @@ DIVERGENCE_CHECK_EVERY = 50
 EVAL_CHUNK = 4096
 
 
-@functools.lru_cache(maxsize=4)
+_DEVICE_DATA: dict = {}
+
+
 def _device_data(dataset: str, data_dir: str | None, preprocess: str, eval_size: int, device: str) -> dict:
-    """Dataset tensors on a device, cached in-process (many cells in one process load once)."""
+    """Dataset tensors on a device, cached in-process with the dataset's memory-cache entry
+    (many cells in one process, or the children of a pool server, load it once)."""
     data = load_dataset(dataset, data_dir, preprocess=preprocess, eval_size=eval_size)
+    key = (id(data), device)
+    hit = _DEVICE_DATA.get(key)
+    if hit is not None and hit[0] is data:
+        return hit[1]
     dev = torch.device(device)
     as_x = lambda a: torch.from_numpy(a.copy()).to(dev)  # noqa: E731
     as_y = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
-    return {
+    tensors = {
         "x_train": as_x(data.x_train), "y_train": as_y(data.y_train),
         "x_eval": as_x(data.x_train[data.eval_index]), "y_eval": as_y(data.y_train[data.eval_index]),
         "x_test": as_x(data.x_test[data.test_index]), "y_test": as_y(data.y_test[data.test_index]),
         "n_classes": data.n_classes, "n_features": data.n_features,
     }
+    while len(_DEVICE_DATA) >= 4:
+        _DEVICE_DATA.pop(next(iter(_DEVICE_DATA)))
+    _DEVICE_DATA[key] = (data, tensors)  # holding `data` keeps its id from being reused
+    return tensors
+
+
+def prefetch(argv: list[str], cwd: str) -> None:
+    """Load the dataset of ``mfpipe train-cell <argv>`` into this process: what a pool server
+    does before forking the cell, so that every later cell of that dataset inherits it.
+
+    Only on the CPU (``--device cpu``, or ``auto`` on a machine without NVIDIA devices): asking
+    torch about CUDA would initialise it in the server, and CUDA does not survive ``fork``.
+    Only with ``--data-dir`` (the default directory depends on the client's environment).
+    """
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--dataset", default=cells.TRAIN_PARAMS["dataset"]["default"])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--preprocess", default=cells.TRAIN_PARAMS["preprocess"]["default"])
+    parser.add_argument("--eval-size", type=int, default=cells.TRAIN_PARAMS["eval_size"]["default"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cells-file")
+    args, _unknown = parser.parse_known_args(argv)
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not os.path.exists("/dev/nvidiactl"))
+    if not on_cpu or args.data_dir is None or args.cells_file is not None:
+        return
+    _device_data(args.dataset, os.path.join(cwd, args.data_dir), args.preprocess, args.eval_size, "cpu")
 
 
 class Optimizer:
@@ -244,6 +279,32 @@ def run_train_cell(params: dict, output=None, *, device: str = "auto", data_dir=
 
         write_table_atomic(table, output)
     return table
+
+
+def warm_up() -> None:
+    """For a pool server: one tiny training step, evaluation and parquet write on random data on
+    the CPU, so that its children do not each pay torch's lazy imports and first-use
+    initialisation (about a second).  No dataset: loading one would import scikit-learn."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mfpipe.store import git_commit
+
+    with cells.one_torch_thread():
+        net = DropoutMLP(8, 8, 3, 2, activation="tanh", keep_rate=0.9, device="cpu")
+        net.initialize(0, 1.5, 0.05)
+        net.train()
+        optimizer = make_optimizer("sgd", net.parameters(), 0.01)
+        x, y = torch.randn(4, 8), torch.tensor([0, 1, 0, 1])
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        evaluate(net, x, y)
+    pq.write_table(pa.Table.from_pylist([{"loss": float(loss.detach())}]), io.BytesIO())
+    git_commit()  # cached: children inherit the answer
 
 
 def add_arguments(parser) -> None:

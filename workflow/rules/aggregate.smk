@@ -12,10 +12,11 @@ rule cell_list:
     params:
         study=study_config_json,
     localrule: True
+    priority: LIGHT_PRIORITY
     wildcard_constraints:
         study=_alternatives(list(STUDIES)),
     shell:
-        "{MFPIPE} cells --config-json {params.study:q} --study {wildcards.study} -o {output:q}"
+        "{MFPIPE} pool cells --config-json {params.study:q} --study {wildcards.study} -o {output:q}"
 
 
 rule aggregate_cells:
@@ -30,10 +31,11 @@ rule aggregate_cells:
     params:
         lists=lambda wildcards, input: " ".join(f"--inputs-from {path}" for path in input.lists),
     localrule: True
+    priority: EARLY_PRIORITY
     wildcard_constraints:
         name="training|gradients",
     shell:
-        "{MFPIPE} aggregate --kind {wildcards.name} {params.lists} -o {output:q} > {log:q} 2>&1"
+        "{MFPIPE} pool aggregate --kind {wildcards.name} {params.lists} -o {output:q} > {log:q} 2>&1"
 
 
 rule aggregate_theory:
@@ -44,8 +46,9 @@ rule aggregate_theory:
     log:
         "logs/aggregate/theory.log",
     localrule: True
+    priority: LIGHT_PRIORITY
     shell:
-        "{MFPIPE} aggregate --kind theory {input:q} -o {output:q} > {log:q} 2>&1"
+        "{MFPIPE} pool aggregate --kind theory {input:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule fit:
@@ -62,7 +65,8 @@ rule fit:
     params:
         args=fit_args(),
     localrule: True
+    priority: EARLY_PRIORITY
     shell:
-        "{MFPIPE} fit {input:q} -o {output.fit:q} --boundaries {output.boundaries:q} "
+        "{MFPIPE} pool fit {input:q} -o {output.fit:q} --boundaries {output.boundaries:q} "
         "--cells {output.cells:q} --curves {output.curves:q} --summary {output.summary:q} "
         "{params.args} > {log:q} 2>&1"

@@ -91,6 +91,35 @@ def cell_runtime(wildcards, attempt):
     return runtime_minutes(CELL_SECONDS[cell_key(wildcards)], RESOURCES, attempt)
 
 
+# Job order (Snakemake priorities; the greedy scheduler runs the highest ready job first):
+# 1. preparing a dataset, which every cell of it waits for;
+# 2. work that waits for no training cell: first the light commands (theory tables, cell lists:
+#    no torch, no matplotlib), which run in their client while the warm pool server of the
+#    other jobs is still starting (`mfpipe pool`); then gradient cells, their aggregate and the
+#    figures of theory and gradients.  Done early, this leaves only training's own short chain
+#    (aggregate → fit → figures) after the last cell;
+# 3. training cells, longest first (by their estimated seconds), so the last cells to run are
+#    the short ones and no core (or GPU) idles long at the end waiting for a straggler.
+PREPARE_DATA_PRIORITY = 10**9
+LIGHT_PRIORITY = 2 * 10**8
+EARLY_PRIORITY = 10**8
+
+
+def cell_priority(wildcards):
+    return 1 + int(CELL_SECONDS[cell_key(wildcards)])
+
+
+def grad_cell_priority(wildcards):
+    return EARLY_PRIORITY + cell_priority(wildcards)
+
+
+def start_pool_server():
+    """On a local run, start the warm worker server of the jobs' `mfpipe` (`mfpipe pool`) while
+    Snakemake prepares the first jobs, so that torch and matplotlib are imported meanwhile."""
+    if workflow.local_exec:
+        shell("{MFPIPE} pool --start")
+
+
 # What a cluster scheduler needs per cell (the SLURM profile reads these; locally only cores
 # limit the jobs): memory and runtime estimated from depth × width × steps, the runtime
 # doubling with each retry, and the GPUs of `resources.gpus_per_cell`.
@@ -115,7 +144,8 @@ except ImportError:  # another Snakemake: it inspects the functions itself
     def _declare_params(func, params):
         pass
 
-for _func in (cell_args, cell_mem_mb, cell_runtime, grad_cell_data):
+for _func in (cell_args, cell_mem_mb, cell_runtime, cell_priority, grad_cell_priority,
+              grad_cell_data):
     _declare_params(_func, inspect.signature(_func).parameters)
 
 

@@ -20,6 +20,7 @@ for _figure in FIGURE_INPUTS:
             inputs=figure_flags(_figure),
             options=FIGURE_OPTIONS,
         localrule: True
+        priority: EARLY_PRIORITY
         shell:
-            "{MFPIPE} figures --only {params.name} {params.inputs} {params.options} "
+            "{MFPIPE} pool figures --only {params.name} {params.inputs} {params.options} "
             "--output {params.name}={output.png:q} > {log:q} 2>&1"

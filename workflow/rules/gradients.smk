@@ -13,6 +13,7 @@ rule grad_cell:
         args=cell_args,
         engine=ENGINE["grad"],
     threads: 1
+    priority: grad_cell_priority
     resources:
         **CELL_RESOURCES,
     wildcard_constraints:

@@ -9,11 +9,12 @@ rule theory_table:
     params:
         args=lambda wildcards: THEORY_ARGS[f"{wildcards.study}/{wildcards.point}"],
     localrule: True
+    priority: LIGHT_PRIORITY
     wildcard_constraints:
         study=_alternatives(list(STUDIES)),
         point=r"[a-z_]+-[a-z]+",
     shell:
-        "{MFPIPE} theory {params.args} -o {output:q} > {log:q} 2>&1"
+        "{MFPIPE} pool theory {params.args} -o {output:q} > {log:q} 2>&1"
 
 
 rule theory_map:
@@ -25,8 +26,9 @@ rule theory_map:
     params:
         args=THEORY_MAP_ARGS,
     localrule: True
+    priority: LIGHT_PRIORITY
     shell:
-        "{MFPIPE} theory {params.args} -o {output:q} > {log:q} 2>&1"
+        "{MFPIPE} pool theory {params.args} -o {output:q} > {log:q} 2>&1"
 
 
 rule theory_iterates:
@@ -37,5 +39,6 @@ rule theory_iterates:
     params:
         args=THEORY_ITERATES_ARGS,
     localrule: True
+    priority: LIGHT_PRIORITY
     shell:
-        "{MFPIPE} iterates {params.args} -o {output:q} > {log:q} 2>&1"
+        "{MFPIPE} pool iterates {params.args} -o {output:q} > {log:q} 2>&1"

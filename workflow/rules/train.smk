@@ -11,10 +11,11 @@ rule prepare_data:
     log:
         "logs/prepare-data/{dataset}.log",
     localrule: True
+    priority: PREPARE_DATA_PRIORITY
     wildcard_constraints:
         dataset=DATASET_RE,
     shell:
-        "{MFPIPE} prepare-data --dataset {wildcards.dataset} --data-dir {DATA_DIR:q} > {log:q} 2>&1"
+        "{MFPIPE} pool prepare-data --dataset {wildcards.dataset} --data-dir {DATA_DIR:q} > {log:q} 2>&1"
 
 
 rule train_cell:
@@ -28,6 +29,7 @@ rule train_cell:
         args=cell_args,
         engine=ENGINE["train"],
     threads: 1
+    priority: cell_priority
     resources:
         **CELL_RESOURCES,
     wildcard_constraints:
