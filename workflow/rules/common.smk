@@ -14,7 +14,6 @@
 #   mfpipe's Python code (plotting, fitting, …) never reruns a cell.  Keep the templates stable.
 # * Params are plain str/int (numpy scalars would be silently left out of change detection).
 
-import inspect
 import json
 import os
 import shlex
@@ -135,18 +134,37 @@ def grad_cell_data(wildcards):
     return [] if wildcards.dataset == "gaussian" else [DATA_FILE.format(dataset=wildcards.dataset)]
 
 
-# Snakemake inspects the signature of every per-job function for every job (inspect.signature,
-# ~50 µs, several times per job); declaring the parameters once makes that a lookup and keeps
-# the DAG of a 100k-cell grid close to that of a trivial one-rule workflow.
-try:
-    from snakemake.common import overwrite_function_params as _declare_params
-except ImportError:  # another Snakemake: it inspects the functions itself
-    def _declare_params(func, params):
-        pass
+# Snakemake asks for the parameters of every per-job function several times per job
+# (inspect.signature, ~40 µs): of the rules' functions and of its own resource evaluators, ~9
+# times per cell, which made the dry-run of a 100k-cell grid 1.6× that of a trivial one-rule
+# workflow.  A function's parameters never change: remember them (keyed by the function, and for
+# a bound method by its function).  Without these Snakemake internals nothing changes but speed.
+def _remember_function_params():
+    import snakemake.common as smk_common
 
-for _func in (cell_args, cell_mem_mb, cell_runtime, cell_priority, grad_cell_priority,
-              grad_cell_data):
-    _declare_params(_func, inspect.signature(_func).parameters)
+    inspect_params = getattr(smk_common, "get_function_params", None)
+    if inspect_params is None or getattr(inspect_params, "_mfpipe_cached", False):
+        return
+    known = {}
+
+    def get_function_params(func):
+        key = (getattr(func, "__func__", func), hasattr(func, "__func__"))
+        try:
+            return known[key]
+        except KeyError:
+            params = known[key] = inspect_params(func)
+            return params
+        except TypeError:  # unhashable callable
+            return inspect_params(func)
+
+    get_function_params._mfpipe_cached = True
+    for name in ("snakemake.common", "snakemake.rules", "snakemake.jobs"):
+        user = sys.modules.get(name)
+        if getattr(user, "get_function_params", None) is inspect_params:
+            user.get_function_params = get_function_params
+
+
+_remember_function_params()
 
 
 def study_config_json(wildcards):
