@@ -228,7 +228,7 @@ def save(fig, png: Path) -> Path:
         png = png.with_suffix(".png")
     for fmt in FORMATS:
         with atomic_path(png.with_suffix(f".{fmt}")) as tmp:
-            fig.savefig(tmp, format=fmt, bbox_inches="tight")
+            fig.savefig(tmp, format=fmt)
     plt.close(fig)
     return png
 
