@@ -212,3 +212,19 @@ def test_real_fashion_mnist_from_debian_package_is_readable_by_torchvision(tmp_p
     tv = torchvision.datasets.FashionMNIST(str(tmp_path), train=False, download=False)
     np.testing.assert_array_equal(tv.targets.numpy(), ds.y_test)
     np.testing.assert_allclose(tv.data.numpy().reshape(10000, -1)[:50] / 255.0, ds.x_test[:50], rtol=1e-6)
+
+
+def test_memory_cache_is_keyed_by_the_cache_file_so_a_rewritten_file_is_read_again(tmp_path, monkeypatch):
+    # a pool server keeps datasets for hours: it must notice a re-prepared cache file
+    monkeypatch.chdir(tmp_path)
+    data.load_dataset("digits", "data", eval_size=10)  # writes the cache file
+    first = data.load_dataset("digits", "data", eval_size=10)
+    assert data.load_dataset("digits", str(tmp_path / "data"), eval_size=10) is first  # same dir
+    cache = data.cache_path("digits", tmp_path / "data")
+    stamp = cache.stat().st_mtime_ns + 10**9
+    import os
+
+    os.utime(cache, ns=(stamp, stamp))
+    again = data.load_dataset("digits", "data", eval_size=10)
+    assert again is not first
+    np.testing.assert_array_equal(again.x_train, first.x_train)

@@ -119,6 +119,36 @@ def test_dry_run_of_the_default_config_needs_no_data(tmp_path):
     assert not (work / "data").exists() and not (work / "results").exists()
 
 
+def job_priorities(workdir: Path) -> list[tuple[str, str, float]]:
+    """(rule, wildcards, priority) of every job `snakemake -n` lists."""
+    done = snakemake(workdir, "-n")
+    jobs = []
+    for block in re.split(r"\n\s*\n|\n\[[^\]\n]*\]\n", done.stdout + done.stderr):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        priority = re.search(r"^\s+priority: ([\d.e+]+)", block, re.M)
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        if rule and rule.group(1) != "all":
+            jobs.append((rule.group(1), wildcards.group(1) if wildcards else "",
+                         float(priority.group(1)) if priority else 0.0))
+    return jobs
+
+
+def test_jobs_run_data_first_then_theory_and_gradients_then_cells_longest_first(tmp_path):
+    config = tiny_config()
+    config["studies"]["t"]["grid"]["depth"] = [2, 8, 32]
+    work = copy_workflow(tmp_path / "wf", config)
+    jobs = job_priorities(work)
+    by_rule = {}
+    for rule, _wildcards, priority in jobs:
+        by_rule.setdefault(rule, []).append(priority)
+    cells = {int(re.search(r"depth=(\d+)", wc).group(1)): p
+             for rule, wc, p in jobs if rule == "train_cell" and "sigma_w2=1.5" in wc}
+    assert cells[32] > cells[8] > cells[2] > 0  # longest (deepest) first
+    assert min(by_rule["prepare_data"]) > max(by_rule["theory_table"])
+    assert min(by_rule["theory_table"]) > max(by_rule["grad_cell"]) > max(by_rule["train_cell"])
+    assert min(by_rule["aggregate_cells"]) > max(by_rule["train_cell"])
+
+
 def test_bad_config_fails_at_startup_naming_every_field(tmp_path):
     config = tiny_config()
     config["studies"]["t"]["grid"]["activation"] = "sigmoid"

@@ -105,7 +105,7 @@ EARLY_PRIORITY = 10**8
 
 
 def cell_priority(wildcards):
-    return 1 + int(CELL_SECONDS[cell_key(wildcards)])
+    return 1.0 + round(float(CELL_SECONDS[cell_key(wildcards)]), 3)
 
 
 def grad_cell_priority(wildcards):
