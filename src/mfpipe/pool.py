@@ -215,13 +215,20 @@ def sources_changed(recorded: dict[str, int]) -> bool:
 def run_pooled(argv: list[str], *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
     """Run ``mfpipe <argv>`` in a warm server (started if needed); return its exit code.  A light
     command finding no server ready runs here instead (starting a server for later commands)."""
-    path = socket_path()
+    try:
+        path = socket_path()
+    except OSError as err:  # the pool directory cannot be made
+        raise PoolUnavailable(f"no pool directory ({err})") from err
     for _attempt in range(3):
         conn = _connect(path)
-        if conn is None and argv[0] in LIGHT_COMMANDS:
-            start_server(idle_timeout, wait=False, path=path)
+        light = conn is None and argv[0] in LIGHT_COMMANDS
+        try:
+            if conn is None:
+                conn = start_server(idle_timeout, wait=not light, path=path)
+        except OSError as err:  # no pool directory, no fork, …: run here
+            raise PoolUnavailable(f"cannot start a pool server ({err})") from err
+        if light:
             return _run_inline(argv)
-        conn = conn or start_server(idle_timeout, path=path)
         code = _request(conn, argv)
         if code is not None:
             return code

@@ -116,7 +116,10 @@ def start_pool_server():
     """On a local run, start the warm worker server of the jobs' `mfpipe` (`mfpipe pool`) while
     Snakemake prepares the first jobs, so that torch and matplotlib are imported meanwhile."""
     if workflow.local_exec:
-        shell("{MFPIPE} pool --start")
+        try:
+            shell("{MFPIPE} pool --start")
+        except Exception as err:  # the first job starts one, or runs without
+            print(f"mfpipe: the warm worker server did not start early: {err}", file=sys.stderr)
 
 
 # What a cluster scheduler needs per cell (the SLURM profile reads these; locally only cores
