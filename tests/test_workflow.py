@@ -46,6 +46,12 @@ def env_for(workdir: Path) -> dict:
     return env
 
 
+def ctrl_c_enabled() -> None:
+    """For a child process: SIGINT back to its default, as in a terminal, also when the tests
+    run where it is ignored (a background job of a non-interactive shell)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_pool(workdir: Path) -> None:
     from mfpipe.pool import server_pids
 
@@ -230,7 +236,8 @@ def test_killed_run_resumes_and_computes_every_cell_once(tmp_path):
            "-d", str(work)]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=env_for(work), start_new_session=True)
+                                env=env_for(work), start_new_session=True,
+                                preexec_fn=ctrl_c_enabled)
         from base64 import urlsafe_b64encode
 
         def recorded_incomplete(path: Path) -> bool:  # a job Snakemake had not seen finish

@@ -521,9 +521,13 @@ def _serve_request(conn: socket.socket, listener: socket.socket, children: set[i
 
 
 def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
+    import signal
     import threading
 
     os.setpgid(0, 0)
+    # Ctrl-C raises KeyboardInterrupt, as in any mfpipe process, even when the server was started
+    # with SIGINT ignored (from a background job or nohup): aborting for a dead client needs it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
