@@ -388,6 +388,8 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
         assert job["MinMemoryNode"] == f"{max(estimates[path][1] for path in paths)}M", job
     assert not any("aggregate" in text for text in slurm_logs.values())
     assert re.search(r"localrule aggregate_cells", log)
+    # no warm worker server on the submit host (a login node) for its few local jobs
+    assert not list((tmp_path / "pool").glob("*.log"))
 
     # The results are right.
     training = pd.read_parquet(tmp_path / "results" / "training.parquet")

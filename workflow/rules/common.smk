@@ -114,12 +114,16 @@ def grad_cell_priority(wildcards):
 
 def start_pool_server():
     """On a local run, start the warm worker server of the jobs' `mfpipe` (`mfpipe pool`) while
-    Snakemake prepares the first jobs, so that torch and matplotlib are imported meanwhile."""
-    if workflow.local_exec:
-        try:
-            shell("{MFPIPE} pool --start")
-        except Exception as err:  # the first job starts one, or runs without
-            print(f"mfpipe: the warm worker server did not start early: {err}", file=sys.stderr)
+    Snakemake prepares the first jobs, so that torch and matplotlib are imported meanwhile.  On
+    a cluster run the few jobs on the submit host (theory, aggregate, fit, figures) run in their
+    own processes instead (MFPIPE_POOL=0, unless set): no ~700 MB server on a login node."""
+    if not workflow.local_exec:
+        os.environ.setdefault("MFPIPE_POOL", "0")
+        return
+    try:
+        shell("{MFPIPE} pool --start")
+    except Exception as err:  # the first job starts one, or runs without
+        print(f"mfpipe: the warm worker server did not start early: {err}", file=sys.stderr)
 
 
 # What a cluster scheduler needs per cell (the SLURM profile reads these; locally only cores
