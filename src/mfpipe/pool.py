@@ -35,7 +35,8 @@ the command to a warm server on this machine:
   limit), and with cgroup process tracking it is killed after every step anyway.  Cluster cells
   run for minutes, so the 2–5 s start-up saved is negligible there.
 * ``MFPIPE_POOL=0`` runs the command in the client process instead (same results, no server);
-  so does any failure to reach or start a server (with a warning on stderr).
+  so does any failure to reach or start a server (with a warning on stderr).  The workflow sets
+  it for the submit host's jobs of a cluster run (no server on a login node).
 """
 
 from __future__ import annotations
