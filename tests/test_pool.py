@@ -108,5 +108,13 @@ def test_the_server_loads_a_training_dataset_before_forking_so_cells_inherit_it(
         assert max(times) < 0.01, times
         log = next((tmp_path / "pool").glob("*.log")).read_text()
         assert "Traceback" not in log
+        # bad flags reach the cell's own error (exit 2, naming the field); the server lives on
+        for bad, field in ((["--eval-size", "abc"], "eval_size"), (["--threads", "x"], "threads")):
+            done = subprocess.run([MFPIPE, *args, *bad, "-o", str(tmp_path / "bad.parquet")],
+                                  env=env, capture_output=True, text=True)
+            assert done.returncode == 2 and field in done.stderr, done.stderr
+            assert "running in this process" not in done.stderr
+        log = next((tmp_path / "pool").glob("*.log")).read_text()
+        assert log.count("starting a server") == 1
     finally:
         _stop_servers(tmp_path)

@@ -7,9 +7,9 @@ but every job runs ``mfpipe pool <command> …``, a thin client (no torch, no ar
 the command to a warm server on this machine:
 
 * One server per (Python, mfpipe checkout, host, pool directory) imports the modules of every
-  mfpipe command once (torch, the network and data code, pandas, pyarrow, matplotlib), runs a
-  tiny training and gradient cell to pay for torch's lazy first-use initialisation, and then
-  ``fork``s one child per request.  The child takes over the client's stdin/stdout/stderr
+  mfpipe command once (torch, the network and data code, pandas, pyarrow, matplotlib), runs
+  each module's ``warm_up()`` (a training step, a gradient cell, a small figure) to pay for
+  first-use initialisation, and then ``fork``s one child per request.  The child takes over the client's stdin/stdout/stderr
   (passed as file descriptors over the Unix socket), working directory and environment (so
   ``OMP_NUM_THREADS`` of the Snakemake job applies), runs the command exactly as ``mfpipe``
   would, and reports its exit code, which the client exits with.
@@ -123,12 +123,10 @@ def run_command(argv: list[str], idle_timeout: float | None = None) -> int:
 
         raise InputError("COMMAND", None, "an mfpipe command and its arguments, e.g. "
                                           "`mfpipe pool train-cell --depth 10 -o cell.parquet`")
-    idle = idle_timeout if idle_timeout is not None else float(
-        os.environ.get("MFPIPE_POOL_IDLE", DEFAULT_IDLE_TIMEOUT))
     if not use_pool(argv[0]) or any(a in ("-h", "--help") for a in argv):
         return _run_inline(argv)
     try:
-        return run_pooled(argv, idle_timeout=idle)
+        return run_pooled(argv, idle_timeout=idle_timeout)
     except PoolUnavailable as err:
         print(f"mfpipe pool: {err}; running in this process", file=sys.stderr, flush=True)
         return _run_inline(argv)
@@ -213,7 +211,7 @@ def sources_changed(recorded: dict[str, int]) -> bool:
 
 # ----------------------------------------------------------------------------- client
 
-def run_pooled(argv: list[str], *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+def run_pooled(argv: list[str], *, idle_timeout: float | None = None) -> int:
     """Run ``mfpipe <argv>`` in a warm server (started if needed); return its exit code.  A light
     command finding no server ready runs here instead (starting a server for later commands)."""
     try:
@@ -474,8 +472,8 @@ def _prefetch(request: dict) -> None:
     module, func = PREFETCH[argv[0]]
     try:
         getattr(importlib.import_module(module), func)(argv[1:], request["cwd"])
-    except Exception:  # noqa: BLE001 - the child loads (and reports) it itself
-        traceback.print_exc()
+    except (Exception, SystemExit):  # noqa: BLE001 - bad flags included (argparse exits): the
+        traceback.print_exc()        # child reads them again and reports them to its client
 
 
 def _serve_request(conn: socket.socket, listener: socket.socket, children: set[int],

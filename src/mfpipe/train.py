@@ -74,7 +74,8 @@ def _device_data(dataset: str, data_dir: str | None, preprocess: str, eval_size:
 
 def prefetch(argv: list[str], cwd: str) -> None:
     """Load the dataset of ``mfpipe train-cell <argv>`` into this process: what a pool server
-    does before forking the cell, so that every later cell of that dataset inherits it.
+    does before forking the cell, so that every later cell of that dataset inherits it.  The
+    flags are read as `train-cell` reads them (its parser, ``cells.complete_params``).
 
     Only on the CPU (``--device cpu``, or ``auto`` on a machine without NVIDIA devices): asking
     torch about CUDA would initialise it in the server, and CUDA does not survive ``fork``.
@@ -84,17 +85,13 @@ def prefetch(argv: list[str], cwd: str) -> None:
     import os
 
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--dataset", default=cells.TRAIN_PARAMS["dataset"]["default"])
-    parser.add_argument("--data-dir")
-    parser.add_argument("--preprocess", default=cells.TRAIN_PARAMS["preprocess"]["default"])
-    parser.add_argument("--eval-size", type=int, default=cells.TRAIN_PARAMS["eval_size"]["default"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cells-file")
+    add_arguments(parser)
     args, _unknown = parser.parse_known_args(argv)
     on_cpu = args.device == "cpu" or (args.device == "auto" and not os.path.exists("/dev/nvidiactl"))
     if not on_cpu or args.data_dir is None or args.cells_file is not None:
         return
-    _device_data(args.dataset, os.path.join(cwd, args.data_dir), args.preprocess, args.eval_size, "cpu")
+    p = cells.complete_params("train", cells.params_from_args(args, "train"))
+    _device_data(p["dataset"], os.path.join(cwd, args.data_dir), p["preprocess"], p["eval_size"], "cpu")
 
 
 class Optimizer:
