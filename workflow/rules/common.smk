@@ -78,7 +78,7 @@ def cell_key(wildcards):
 
 
 def cell_args(wildcards):
-    return CELL_ARGS[f"{wildcards.study}/dataset={wildcards.dataset}/{wildcards.cell}"]
+    return CELL_ARGS[cell_key(wildcards)]
 
 
 def cell_mem_mb(wildcards, attempt):
