@@ -215,7 +215,7 @@ def warm_up() -> None:
     ax.set(xlabel=r"$\sigma_w^2$", ylabel="depth $L$")
     ax.legend()
     for fmt in FORMATS:
-        fig.savefig(io.BytesIO(), format=fmt, bbox_inches="tight")
+        fig.savefig(io.BytesIO(), format=fmt)  # as save() writes them
     plt.close(fig)
 
 
