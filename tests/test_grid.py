@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_cell_params_are_the_cells_own_identity_and_flags_round_trip():
     """What the workflow passes is what `train-cell` computes: same completed params, same id."""
     config = {"studies": {"s": study({"depth": [3, 250], "sigma_w2": [1.76]},
                                      {"lr": "1e-3,200:1e-4", "steps": 50,
-                                      "checkpoints": [10, 45, 9999], "dropout_input": True}),
+                                      "checkpoints": [10, 45], "dropout_input": True}),
                           "g": study({"depth": 5, "keep_rate": [0.9]}, {"inits": 3}, kind="grad")}}
     studies = build_studies(config)
     for st in studies.values():
@@ -66,7 +67,7 @@ def test_cell_params_are_the_cells_own_identity_and_flags_round_trip():
             assert cellmod.complete_params(cell.kind, cellmod.params_from_args(args, cell.kind)) == full
     lrs = {c.params["depth"]: c.params["lr"] for c in studies["s"].cells}
     assert lrs == {3: 0.001, 250: 0.0001}  # the depth rule, resolved per cell
-    # checkpoints beyond steps are dropped, the final step is always recorded
+    # the final step is always recorded
     assert studies["s"].cells[0].params["checkpoints"] == [10, 45, 50]
     assert "--dropout-input" in studies["s"].cells[0].args
 
@@ -210,3 +211,62 @@ def test_cells_command_lists_paths(tmp_path, capsys):
     assert main(["cells", "--configfile", str(cfg), "--format", "json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["depth"] for r in rows] == [2, 4] and all(len(r["cell_id"]) == 16 for r in rows)
+
+
+INJECTION = "xi_c; touch pwned $(touch pwned2) `touch pwned3`"
+
+
+@pytest.mark.parametrize("section,key", [("fit", "forms"), ("fit", "step"), ("fit", "threshold"),
+                                         ("fit", "accuracy"), ("fit", "boundary"),
+                                         ("figures", "forms"), ("figures", "reference")])
+def test_config_values_that_reach_a_command_are_refused_unless_well_formed(section, key):
+    config = {"studies": {"s": study({"depth": 2})}, section: {key: INJECTION}}
+    with pytest.raises(ConfigError, match=rf"{section}.{key}"):
+        build_studies(config)
+
+
+def test_fit_and_figure_flags_are_quoted_and_well_formed_values_pass():
+    from mfpipe.grid import FIGURE_FLAGS, FIT_FLAGS, section_flags
+
+    good = {"fit": {"forms": "n*xi_c,xi_min,n*min(xi_c,xi_1)", "step": "100, 200", "bootstrap": 5,
+                    "threshold": "between:0.5", "boundary": "largest"},
+            "figures": {"forms": "xi_c", "reference": "6*xi_c,12xi_1"},
+            "studies": {"s": study({"depth": 2})}}
+    build_studies(good)  # valid
+    assert shlex.split(section_flags(good, "fit", FIT_FLAGS)) == [
+        "--bootstrap", "5", "--threshold", "between:0.5", "--step", "100, 200",
+        "--boundary", "largest", "--forms", "n*xi_c,xi_min,n*min(xi_c,xi_1)"]
+    # whatever a value holds, it stays one argument
+    assert shlex.split(section_flags({"fit": {"forms": INJECTION}}, "fit", FIT_FLAGS)) == [
+        "--forms", INJECTION]
+    assert shlex.split(section_flags(good, "figures", FIGURE_FLAGS)) == [
+        "--forms", "xi_c", "--reference", "6*xi_c,12xi_1"]
+    assert section_flags({}, "fit", FIT_FLAGS) == ""
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    from mfpipe.grid import load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("studies:\n  s:\n    kind: train\n    grid: {depth: [2, 4}\n")
+    with pytest.raises(InputError, match=r"config: .*bad.yaml, line 4 column \d+"):
+        load_config(bad)
+    with pytest.raises(InputError, match="an existing YAML file"):
+        load_config(tmp_path)
+
+
+def test_checkpoints_beyond_steps_are_refused_unless_steps_is_a_grid_axis():
+    with pytest.raises(ConfigError, match=r"studies.s.checkpoints: got \[2000\]; .*steps=1000"):
+        build_studies({"studies": {"s": study({"depth": 2}, {"steps": 1000,
+                                                             "checkpoints": [10, 2000]})}})
+    cells = cells_of({"studies": {"s": study({"depth": 2, "steps": [100, 1000]},
+                                             {"checkpoints": [10, 500]})}})
+    assert [c.params["checkpoints"] for c in cells] == [[10, 100], [10, 500, 1000]]
+
+
+@pytest.mark.parametrize("name", ["batch_size", "eval_size"])
+def test_sizes_beyond_the_training_split_are_refused_up_front(name):
+    with pytest.raises(ConfigError, match=rf"studies.s.{name}: got 5000; .* 4000, the size of "
+                                          r"mnist5k's training split"):
+        build_studies({"studies": {"s": study({"depth": [2, 3], "dataset": "mnist5k"},
+                                              {name: 5000})}})

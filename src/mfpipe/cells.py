@@ -228,6 +228,7 @@ def complete_params(kind: str, params: dict) -> dict:
     if kind == "train":
         if any(c > out["steps"] for c in out["checkpoints"]):
             raise InputError("checkpoints", out["checkpoints"], f"steps between 0 and steps={out['steps']}")
+        check_split_sizes(out["dataset"], out["batch_size"], out["eval_size"])
         out["checkpoints"] = sorted(set(out["checkpoints"]) | {out["steps"]})
     else:
         if out["n_inputs"] % 2:
@@ -235,6 +236,16 @@ def complete_params(kind: str, params: dict) -> dict:
         if out["dataset"] == "gaussian" and out["loss"] == "cross_entropy":
             raise InputError("loss", "cross_entropy", "sum_sq when dataset=gaussian (no labels)")
     return canonical_params(out)
+
+
+def check_split_sizes(dataset: str, batch_size: int, eval_size: int) -> None:
+    """A minibatch or evaluation subset larger than the training split is refused, never
+    silently clamped (the row would record a size that was not used)."""
+    n_train = EVAL_SPLIT_SIZES[dataset][0]
+    for name, value in (("batch_size", batch_size), ("eval_size", eval_size)):
+        if value > n_train:
+            raise InputError(name, value, f"an integer between {TRAIN_PARAMS[name]['min']} and "
+                             f"{n_train}, the size of {dataset}'s training split")
 
 
 def cell_identity(kind: str, params: dict) -> tuple[dict, str]:
@@ -365,8 +376,10 @@ def configure_threads(threads: int | None = None) -> int:
 
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS")
-        threads = int(env) if env and env.isdigit() else len(os.sched_getaffinity(0))
-    threads = max(1, int(threads))
+        threads = int(env) if env and env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError("threads", threads, "an integer ≥ 1 (or unset: $OMP_NUM_THREADS, else "
+                                             "the CPUs this process may use)")
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -37,6 +37,8 @@ import itertools
 import json
 import math
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -528,6 +530,8 @@ class _CellMaker:
         self.params = parameters(self.kind)
         self.keys: dict[str, int] = {}
         self.has_steps = self.kind == "train"
+        self.steps_is_axis = "steps" in study.axes
+        self.checked_sizes: set = set()
         self.flags: dict = {}  # (name, value) -> flag text: each value is formatted once
 
     def _flag(self, param: Param, value) -> str:
@@ -547,8 +551,22 @@ class _CellMaker:
                 params["lr"] = self.lr_rule(params["depth"])
             steps = params["steps"]
             checkpoints = params.get("checkpoints") or []
-            # checkpoints beyond a cell's steps are dropped (grids over steps share one list)
+            beyond = [c for c in checkpoints if c > steps]
+            if beyond and not self.steps_is_axis:
+                raise InputError(f"studies.{self.study.name}.checkpoints", beyond,
+                                 f"steps between 0 and steps={steps}")
+            # a grid over steps shares one list: each cell records the checkpoints it reaches
             params["checkpoints"] = sorted({c for c in checkpoints if c <= steps} | {steps})
+            sizes = (params["dataset"], params["batch_size"], params["eval_size"])
+            if sizes not in self.checked_sizes:
+                from mfpipe.cells import check_split_sizes  # lazy: mfpipe.cells imports this module
+
+                try:
+                    check_split_sizes(*sizes)
+                except InputError as err:
+                    raise InputError(f"studies.{self.study.name}.{err.field}", err.value,
+                                     err.allowed) from None
+                self.checked_sizes.add(sizes)
         if key in self.keys:
             old = self.study.cells[self.keys[key]]
             if old.params == params:
@@ -570,8 +588,17 @@ def load_config(path: str | os.PathLike) -> dict:
     try:
         with open(path) as fh:
             config = yaml.safe_load(fh)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise InputError("config", str(path), "an existing YAML file") from None
+    except PermissionError:
+        raise InputError("config", str(path), "a YAML file this user may read") from None
+    except UnicodeDecodeError as err:
+        raise InputError("config", f"{path} (not UTF-8 text: {err.reason})", "a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise InputError("config", f"{where}: {problem}", "valid YAML") from None
     if not isinstance(config, dict):
         raise InputError("config", str(path), "a YAML mapping with a `studies` section")
     return config
@@ -753,9 +780,35 @@ def theory_grid_args(spec: dict | None, default: dict, depth: bool = False) -> s
     return " ".join(parts)
 
 
+#: `mfpipe fit` / `mfpipe figures` flags set from the config's fit / figures sections.
+FIT_FLAGS = {"bootstrap": "--bootstrap", "threshold": "--threshold", "accuracy": "--accuracy",
+             "step": "--step", "boundary": "--boundary", "forms": "--forms", "seed": "--seed"}
+FIGURE_FLAGS = {"forms": "--forms", "reference": "--reference"}
+#: Published rules the trainability figure draws dotted: '6*xi_c', '12*xi_1,6xi_min', …
+REFERENCE_PATTERN = (r"^\s*[0-9]*\.?[0-9]+\s*\*?\s*(xi_c|xi_1|xi_min)"
+                     r"(\s*,\s*[0-9]*\.?[0-9]+\s*\*?\s*(xi_c|xi_1|xi_min))*\s*$")
+
+
+def section_flags(config: dict, section: str, flags: dict[str, str]) -> str:
+    """The flags of one config section as shell text, every value quoted (the schema already
+    restricts what the values may be; quoting keeps a value one argument whatever it holds)."""
+    values = config.get(section) or {}
+    return " ".join(f"{flag} {shlex.quote(str(values[key]))}" for key, flag in flags.items()
+                    if key in values)
+
+
+def _forms_pattern(names) -> str:
+    one = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return rf"^\s*({one})(\s*,\s*({one}))*\s*$"
+
+
 def config_schema() -> dict:
     """The JSON schema of a workflow config (workflow/schemas/config.schema.yaml is this,
     written out by ``python -m mfpipe.grid --write-schema``; a test keeps them equal)."""
+    from mfpipe.fit import FORM_ALIASES, FORMS
+
+    forms_pattern = _forms_pattern(list(FORMS) + list(FORM_ALIASES))
+    form_names = ", ".join(list(FORMS) + list(FORM_ALIASES))
     defs: dict = {}
     kind_names = list(KIND_COMMANDS)
     for kind in kind_names:
@@ -839,18 +892,22 @@ def config_schema() -> dict:
                                       "description": "between:F, relative:F or absolute:A"},
                         "accuracy": {"type": "string",
                                      "enum": ["train_accuracy", "batch_accuracy", "test_accuracy"]},
-                        "step": {"type": ["string", "integer"],
+                        "step": {"anyOf": [{"type": "integer", "minimum": 0},
+                                           {"type": "string",
+                                            "pattern": r"^(all|last|\d+(\s*,\s*\d+)*)$"}],
                                  "description": "all, last or a comma list of steps"},
                         "boundary": {"type": "string", "enum": ["midpoint", "largest"]},
-                        "forms": {"type": "string", "description": "comma list of fit forms"},
+                        "forms": {"type": "string", "pattern": forms_pattern,
+                                  "description": f"comma list of fit forms: {form_names}"},
                         "seed": {"type": "integer", "minimum": 0}}},
             "figures": {"type": "object", "additionalProperties": False, "default": {},
                         "description": "options of `mfpipe figures`",
                         "properties": {
                             "enabled": {"type": "boolean", "default": True},
-                            "forms": {"type": "string",
-                                      "description": "fitted forms overlaid, comma list"},
-                            "reference": {"type": "string",
+                            "forms": {"type": "string", "pattern": forms_pattern,
+                                      "description": f"fitted forms overlaid, comma list: "
+                                                     f"{form_names}"},
+                            "reference": {"type": "string", "pattern": REFERENCE_PATTERN,
                                           "description": "published rules drawn dotted, e.g. "
                                                          "'6*xi_c' or '12*xi_1,6*xi_c'"}}},
             "resources": {"type": "object", "additionalProperties": False, "default": {},

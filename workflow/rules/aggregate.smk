@@ -63,7 +63,7 @@ rule fit:
     log:
         "logs/fit.log",
     params:
-        args=fit_args(),
+        args=section_flags(config, "fit", FIT_FLAGS),
     localrule: True
     priority: EARLY_PRIORITY
     shell:

@@ -25,9 +25,10 @@ from snakemake.exceptions import WorkflowError
 
 from mfpipe.errors import InputError
 from mfpipe.values import format_number
-from mfpipe.grid import (KIND_COMMANDS, KIND_DATASETS, THEORY_ITERATES_DEFAULT,
-                         THEORY_MAP_DEFAULT, build_studies, engine_versions, resources_of,
-                         runtime_minutes, theory_grid_args)
+from mfpipe.grid import (FIGURE_FLAGS, FIT_FLAGS, KIND_COMMANDS, KIND_DATASETS,
+                         THEORY_ITERATES_DEFAULT, THEORY_MAP_DEFAULT, build_studies,
+                         engine_versions, resources_of, runtime_minutes, section_flags,
+                         theory_grid_args)
 
 try:
     STUDIES = build_studies(config)
@@ -205,14 +206,6 @@ HAS_FIGURES = (DO_AGGREGATE and bool(config.get("figures", {}).get("enabled", Tr
                and stage_available("mfpipe.figures"))
 
 
-def fit_args():
-    """`mfpipe fit` flags from the config's fit section (a params string: a change refits)."""
-    fit = config.get("fit", {})
-    flags = {"bootstrap": "--bootstrap", "threshold": "--threshold", "accuracy": "--accuracy",
-             "step": "--step", "boundary": "--boundary", "forms": "--forms", "seed": "--seed"}
-    return " ".join(f"{flag} {fit[key]}" for key, flag in flags.items() if key in fit)
-
-
 # Theory tables: per study and (activation, noise), the product of its σ_w², σ_b², ρ (or noise
 # variance) values — a superset of its cells' points, computed in one vectorised call.
 THEORY_ARGS = {}
@@ -259,9 +252,7 @@ if HAS_FIGURES:
     if HAS_FIT:
         FIGURE_INPUTS["trainability"] = {"fit": "results/fit.parquet"}
         FIGURE_INPUTS["fit_summary"] = {"fit": "results/fit.parquet"}
-_FIGURES_CONFIG = config.get("figures", {})
-FIGURE_OPTIONS = " ".join(f"--{key} {shlex.quote(str(_FIGURES_CONFIG[key]))}"
-                          for key in ("forms", "reference") if key in _FIGURES_CONFIG)
+FIGURE_OPTIONS = section_flags(config, "figures", FIGURE_FLAGS)
 
 
 def figure_inputs(name):
@@ -276,12 +267,14 @@ def figure_flags(name):
                     for flag, path in sorted(FIGURE_INPUTS[name].items()))
 
 
-ALL_TARGETS = []
+# Every cell file is a target itself, not only an input of its aggregate: Snakemake (≥ 7.7)
+# does not rebuild a missing input whose consumer is up to date, so a deleted cell file would
+# stay missing (and its rows stay in the aggregate).  As a target it is rebuilt, and the
+# aggregate, the fit and the figures after it.
+ALL_TARGETS = [p for paths in CELL_PATHS.values() for p in paths]
 if DO_AGGREGATE:
     ALL_TARGETS += [f"results/{KIND_DATASETS[kind]}.parquet" for kind in KIND_COMMANDS
                     if CELL_PATHS[kind]]
-else:
-    ALL_TARGETS += [p for paths in CELL_PATHS.values() for p in paths]
 if HAS_THEORY and DO_AGGREGATE:
     ALL_TARGETS.append("results/theory.parquet")
 if HAS_FIT:
