@@ -6,6 +6,7 @@ Synthetic tables are generated from the real theory engine's depth scales with a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,89 @@ def test_a_panel_without_observed_boundary_gives_no_fit_and_no_warnings():
     assert (result.boundaries["censored"] == "above").all()
     assert f["n"].isna().all() and f["classification_accuracy"].isna().all()
     assert f["n_classifier"].isna().all()  # only a lower bound: every cell trains
+
+
+def cell_rows(depths, accuracy, *, sigma_w2=1.5, seeds=(0,), **columns):
+    """Rows of one σ_w² column: one per (depth, seed), the given accuracies per depth."""
+    base = dict(dataset="mnist", optimizer="sgd", keep_rate=1.0, sigma_b2=0.05, activation="tanh",
+                step=1000, sigma_w2=sigma_w2, lr=0.01, diverged=False, train_loss=0.3)
+    return pd.DataFrame([dict(base, depth=d, seed=s, train_accuracy=a, **columns)
+                         for d, a in zip(depths, accuracy) for s in seeds])
+
+
+def test_a_panel_at_chance_has_no_trainable_cell():
+    """between:0.5 of a panel whose best is chance must not put the threshold at chance."""
+    table = pd.concat([cell_rows([4, 8], [0.1, 0.1], sigma_w2=s) for s in (1.0, 2.0)])
+    result = fit.fit_table(table, n_boot=0)
+    assert not result.cells["trainable"].any()
+    assert (result.cells["threshold"] > 0.1).all()
+    assert (result.boundaries["censored"] == "none").all()
+    # a fixed threshold below chance is raised to clearly above chance too
+    low = fit.fit_table(table.assign(train_accuracy=0.11), n_boot=0, threshold="absolute:0.05")
+    assert not low.cells["trainable"].any()
+    assert low.cells["threshold"].iloc[0] == pytest.approx(0.1 + fit.CHANCE_MARGIN * 0.9)
+
+
+def test_diverged_runs_are_never_trainable_whatever_their_accuracy():
+    # relu at lr 1e6: diverged, accuracy recorded at chance, alone in its panel
+    relu = cell_rows([4], [0.1], activation="relu", lr=1e6, diverged=True, train_loss=np.nan)
+    good = cell_rows([4, 8, 16], [0.95, 0.95, 0.95])
+    # a diverged run whose recorded accuracy is high: still not trainable
+    bad = cell_rows([4, 8, 16], [0.95, 0.95, 0.95], sigma_w2=2.0, diverged=True)
+    result = fit.fit_table(pd.concat([relu, good, bad]), n_boot=0)
+    cells = result.cells.set_index(["activation", "sigma_w2", "depth"])
+    assert not cells.loc[("relu", 1.5, 4), "trainable"]
+    assert cells.loc[("tanh", 1.5), "trainable"].all()
+    assert not cells.loc[("tanh", 2.0), "trainable"].any()
+    # counted at chance (a pandas Series == approx compares element by element, and wrongly)
+    assert cells.loc[("tanh", 2.0), "accuracy"].to_numpy() == pytest.approx(0.1)
+    assert (cells.loc[("tanh", 2.0), "n_diverged"] == 1).all()
+    bounds = result.boundaries.set_index(["activation", "sigma_w2"])["censored"]
+    assert bounds[("relu", 1.5)] == "none" and bounds[("tanh", 2.0)] == "none"
+
+
+def test_a_blown_up_finite_loss_counts_as_diverged():
+    """tanh at lr 1e6: finite loss 1.6e6, diverged = false, accuracy 0.28: not trainable."""
+    blown = cell_rows([4, 8], [0.28, 0.25], lr=1e6, train_loss=1.6e6)
+    blown.loc[blown["depth"] == 8, "train_loss"] = np.inf
+    cells = fit.fit_table(blown, n_boot=0).cells.set_index("depth")
+    assert not cells["trainable"].any() and (cells["n_diverged"] == 1).all()
+    assert cells["accuracy"].to_numpy() == pytest.approx(0.1)
+    # a high loss below the limit (10 ln 10 = 23.0 for 10 classes) is a result, not a divergence
+    good = cell_rows([4, 8, 16], [0.95, 0.9, 0.6])
+    good.loc[good["depth"] == 16, "train_loss"] = 20.0
+    cells = fit.fit_table(good, n_boot=0).cells.set_index("depth")
+    assert cells["trainable"].all() and (cells["n_diverged"] == 0).all()
+    # the limit is a multiple of ln(num_classes): --max-loss inf keeps only the diverged flag
+    loose = fit.fit_table(blown, n_boot=0, max_loss=math.inf).cells.set_index("depth")
+    assert loose.loc[4, "trainable"] and loose.loc[4, "n_diverged"] == 0
+    # the loss column follows the accuracy column (batch_accuracy -> batch_loss)
+    batch = blown.assign(batch_accuracy=blown["train_accuracy"], batch_loss=0.3)
+    other = fit.fit_table(batch, n_boot=0, accuracy="batch_accuracy").cells
+    assert (other["n_diverged"] == 0).all()
+    with pytest.raises(InputError, match="max-loss"):
+        fit.fit_table(blown, n_boot=0, max_loss=0)
+
+
+def test_panels_split_on_every_varying_parameter_lr_included():
+    base = synthetic(n=6.0, seeds=1, depths=range(10, 210, 10)).assign(lr=0.01)
+    # one run at lr 1e6 at a grid point of the lr 0.01 study: its own panel, not mixed in
+    wild = base[(base["sigma_w2"] == 2.0) & (base["depth"] == 10)].assign(lr=1e6, train_accuracy=0.28)
+    result = fit.fit_table(pd.concat([base, wild]), n_boot=0, forms=["n*xi_c"])
+    panels = result.fits.query("not pooled")
+    assert sorted(panels["lr"]) == [0.01, 1e6]
+    cells = result.cells.set_index(["lr", "sigma_w2", "depth"])
+    assert cells.loc[(0.01, 2.0, 10), "accuracy"] == pytest.approx(
+        base.query("sigma_w2 == 2.0 and depth == 10")["train_accuracy"].iloc[0])
+    assert "lr" in result.summary
+    # any other varying cell parameter splits too (here preprocess)
+    two = pd.concat([base.assign(preprocess="standardize"), base.assign(preprocess="unit")])
+    assert fit.fit_table(two, n_boot=0, forms=["n*xi_c"]).fits.query("not pooled")["preprocess"].nunique() == 2
+
+
+def test_a_learning_rate_depth_rule_is_one_panel_named_in_the_summary():
+    table = synthetic(n=6.0, seeds=1, depths=range(10, 210, 10))
+    table["lr"] = np.where(table["depth"] < 100, 1e-3, 1e-4)  # Schoenholz's rule, at depth 100
+    result = fit.fit_table(table, n_boot=0, forms=["n*xi_c"])
+    assert result.fits.query("not pooled")["panel"].nunique() == 1
+    assert "0.001,100:0.0001" in result.summary

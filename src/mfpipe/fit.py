@@ -8,16 +8,24 @@ Input contract (DESIGN.md): any table (parquet or csv, several files are concate
 ``step = steps`` (one final accuracy per run).  ``--exclude COL=VALUE`` drops rows
 (``--exclude duplicate_placeholder_file=True`` for Huang's filler files).
 
-Pipeline, per *panel* (one group of the columns in ``GROUP_COLUMNS`` that the table has, e.g.
-one dataset × optimizer × steps × checkpoint × ρ × σ_b² × activation × init; ``--group-by``
-adds more):
+Pipeline, per *panel* (one value of every cell parameter the table has but σ_w², depth and
+seed: ``GROUP_COLUMNS`` and the other training-cell parameters such as ``lr`` and
+``preprocess``; ``--group-by`` adds more).  A learning-rate depth rule (lr a function of depth,
+like 1e-3 below depth 100 and 1e-4 from 100 on) is one panel whose ``lr_rule`` column names the
+rule (``0.001,100:0.0001``, the form of ``--lr``); ``lr`` is then NaN in the panel tables and
+each cell's own lr in the cell table.  ``fit.md`` says what each panel pools.
 
-1. Cell accuracy = mean over seeds of the accuracy column at each (σ_w², depth).  A NaN
-   accuracy counts as chance when the row's ``diverged`` is true and as a missing measurement
-   (row dropped) otherwise.
+1. Cell accuracy = mean over seeds of the accuracy column at each (σ_w², depth).  A diverged
+   run counts at chance, whatever accuracy it recorded: ``diverged`` true, or a loss (the column
+   beside the accuracy column: ``train_loss`` for ``train_accuracy``) above ``--max-loss`` × ln
+   (num_classes) (default 10 × ln 10 ≈ 23 for 10 classes: a blown-up but finite loss; an
+   untrained network's loss is ln(num_classes)).  ``n_diverged`` counts them per cell.  A NaN
+   accuracy of a run that did not diverge is a missing measurement (row dropped).
 2. Trainable iff accuracy ≥ threshold.  Default ``between:0.5``: halfway between chance
    (1/num_classes; 0.1 for the 10-class datasets) and the best cell accuracy of the panel.
-   ``relative:F`` uses F × best, ``absolute:A`` a fixed accuracy.
+   ``relative:F`` uses F × best, ``absolute:A`` a fixed accuracy.  The threshold is never below
+   chance + ``CHANCE_MARGIN`` (1 − chance) (0.145 for 10 classes): chance is never trainable,
+   and so neither is a diverged run.
 3. Boundary per σ_w² column: the largest trainable depth ``depth_max_trainable``, the first
    deeper depth that fails ``depth_min_untrainable``, and ``censored``: ``observed``, ``above``
    (the deepest tested depth still trains: the boundary is at least that) or ``none`` (no tested
@@ -69,10 +77,20 @@ REQUIRED = {
     "sigma_b2": "number", "activation": "string", "depth": "number", "step": "number",
 }
 
-#: Columns that define a panel when present (``--group-by`` adds more).  ``lr`` is left out on
-#: purpose: a depth-dependent learning-rate rule would split a panel by depth.
+#: Columns that define a panel when present (``--group-by`` adds more), besides every other
+#: training-cell parameter (``panel_columns``).  ``lr`` splits panels too, except that a
+#: learning-rate depth rule (lr a function of depth, e.g. 1e-3 below depth 100 and 1e-4 from 100
+#: on) stays one panel: the panel key is then ``lr_rule``, the rule as text (``0.001,100:0.0001``).
 GROUP_COLUMNS = ("family", "dataset", "optimizer", "init", "activation", "noise", "noise_var",
                  "width", "batch_size", "dropout_input", "steps", "step", "keep_rate", "sigma_b2")
+#: Cell parameters that are the axes of a panel (σ_w², depth), pooled (seed) or not a value.
+NOT_PANEL = ("sigma_w2", "depth", "seed", "checkpoints")
+
+#: The threshold is at least chance + CHANCE_MARGIN (1 − chance): chance is never trainable.
+CHANCE_MARGIN = 0.05
+#: A run whose loss exceeds MAX_LOSS × ln(num_classes) (the loss of a uniform guess) has blown up:
+#: it counts as diverged, like a NaN/inf loss.
+MAX_LOSS = 10.0
 
 #: Number of classes of the datasets mfpipe knows (chance = 1 / classes).
 NUM_CLASSES = {"mnist": 10, "mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10,
@@ -126,6 +144,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", default="between:0.5",
                         help="trainable iff accuracy ≥ threshold: between:F = chance + F (best − "
                              "chance) [default between:0.5], relative:F = F × best, absolute:A")
+    parser.add_argument("--max-loss", type=float, default=MAX_LOSS,
+                        help="a run whose loss (the loss column beside the accuracy column: "
+                             "train_loss for train_accuracy) exceeds MAX_LOSS × ln(num_classes) has "
+                             f"blown up and counts as diverged (default {MAX_LOSS:g}; inf: only the "
+                             "diverged flag)")
     parser.add_argument("--chance", type=float, default=None,
                         help="chance accuracy (default 1/num_classes from the dataset or a "
                              "num_classes column)")
@@ -149,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     result = fit_table(
         frame, accuracy=args.accuracy, step=args.step, threshold=args.threshold,
         chance=args.chance, boundary=args.boundary, forms=forms, n_boot=args.bootstrap,
+        max_loss=args.max_loss,
         interval=args.interval, seed=args.seed,
         extra_group=[c for c in args.group_by.split(",") if c.strip()],
     )
@@ -290,11 +314,15 @@ def parse_threshold(text: str) -> tuple[str, float]:
 
 
 def threshold_value(kind: str, value: float, best, chance: float):
+    """The threshold of a panel whose best cell accuracy is ``best``, never below
+    chance + CHANCE_MARGIN (1 − chance)."""
     if kind == "between":
-        return chance + value * (best - chance)
-    if kind == "relative":
-        return value * best
-    return value + 0.0 * best
+        value = chance + value * (best - chance)
+    elif kind == "relative":
+        value = value * best
+    else:
+        value = value + 0.0 * best
+    return np.maximum(value, chance + CHANCE_MARGIN * (1 - chance))
 
 
 def _chance_for(panel: pd.DataFrame, chance: float | None) -> float:
@@ -312,7 +340,7 @@ def _chance_for(panel: pd.DataFrame, chance: float | None) -> float:
 def prepare(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
             extra_group=()) -> tuple[pd.DataFrame, list[str]]:
     """Validate the input contract, pick checkpoints; returns (rows, panel columns)."""
-    frame = frame.copy()
+    frame = frame.reset_index(drop=True)  # (a copy) concatenated tables repeat index labels
     if "step" not in frame and "steps" in frame:
         frame["step"] = frame["steps"]
     if "noise" not in frame:
@@ -328,7 +356,8 @@ def prepare(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     for col in extra_group:
         if col not in frame:
             raise InputError("group-by", col, f"columns of the table: {', '.join(map(str, frame.columns))}")
-    group = [c for c in GROUP_COLUMNS if c in frame] + [c for c in extra_group if c not in GROUP_COLUMNS]
+    group = [c for c in panel_columns() if c in frame]
+    group += [c for c in extra_group if c not in group]
     run_cols = [c for c in group if c != "step"] + ["sigma_w2", "depth"] + (["seed"] if "seed" in frame else [])
     if step in ("all", "last"):
         # step 0 is the network at initialisation: nothing has been trained, nothing to fit
@@ -346,6 +375,8 @@ def prepare(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
         frame = frame[frame["step"].isin(wanted)]
         if frame.empty:
             raise InputError("step", step, "'all', 'last' or steps present in the table")
+    loss = loss_column(accuracy)
+    frame = frame.assign(_loss=frame[loss].astype(float) if loss in frame else np.nan)
     frame = frame.rename(columns={accuracy: "_accuracy"})
     # A NaN accuracy is a missing measurement (dropped) unless the run diverged (then: chance).
     diverged = frame["diverged"].fillna(False).astype(bool) if "diverged" in frame else False
@@ -353,18 +384,57 @@ def prepare(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     frame = frame[frame["_accuracy"].notna() | frame["_diverged"]]
     if frame.empty:
         raise InputError(accuracy, "no values", "a column with accuracies (NaN only for diverged runs)")
-    keep = list(dict.fromkeys(group + ["sigma_w2", "depth", "_accuracy", "_diverged"]
-                              + (["seed"] if "seed" in frame else [])))
+    if "lr" in group:
+        frame = frame.assign(lr_rule=lr_rules(frame, [c for c in group if c != "lr"]))
+        group = ["lr_rule" if c == "lr" else c for c in group]
+    keep = list(dict.fromkeys(group + ["sigma_w2", "depth", "_accuracy", "_diverged", "_loss"]
+                              + [c for c in ("seed", "lr") if c in frame]))
     return frame[keep].reset_index(drop=True), group
+
+
+def panel_columns() -> list[str]:
+    """GROUP_COLUMNS and every other training-cell parameter but NOT_PANEL: a parameter that
+    varies splits the panels."""
+    from mfpipe.cells import TRAIN_PARAMS
+
+    return list(GROUP_COLUMNS) + [c for c in TRAIN_PARAMS if c not in GROUP_COLUMNS + NOT_PANEL]
+
+
+def loss_column(accuracy: str) -> str:
+    """The loss measured with an accuracy column: train_accuracy -> train_loss."""
+    return accuracy.replace("accuracy", "loss")
+
+
+def lr_rules(frame: pd.DataFrame, others: list[str]) -> pd.Series:
+    """Per row, the learning rate of its panel as text: the number, or the depth rule
+    ``LR0,D1:LR1,…`` (mfpipe.cells.parse_lr_rule's form) where, within the rows that agree on
+    ``others``, lr varies and is a function of depth (one lr per depth)."""
+    from mfpipe.values import format_number
+
+    out = frame["lr"].map(format_number)
+    for _, part in frame.groupby(others, dropna=False, sort=False) if others else [(None, frame)]:
+        per_depth = part.groupby("depth")["lr"].agg(["nunique", "first"]).sort_index()
+        if part["lr"].nunique() < 2 or (per_depth["nunique"] > 1).any():
+            continue  # one lr, or several at one depth: the lr values split the panel
+        pieces, last = [], None
+        for depth, lr in per_depth["first"].items():
+            if lr != last:
+                pieces.append(format_number(lr) if last is None else f"{int(depth)}:{format_number(lr)}")
+                last = lr
+        out[part.index] = ",".join(pieces)
+    return out
 
 
 def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
               threshold: str = "between:0.5", chance: float | None = None,
               boundary: str = "midpoint", forms=None, n_boot: int = 400, interval: float = 0.95,
-              seed: int = 0, extra_group=()) -> FitResult:
+              seed: int = 0, extra_group=(), max_loss: float = MAX_LOSS) -> FitResult:
     """The whole fit on a table of training results (see the module docstring)."""
     forms = list(forms or FORMS)
     kind, value = parse_threshold(threshold)
+    if not max_loss > 0:
+        raise InputError("max-loss", max_loss, "a positive multiple of ln(num_classes), e.g. "
+                         f"{MAX_LOSS:g} (default), or inf to count only the diverged flag")
     if n_boot < 0:
         raise InputError("bootstrap", n_boot, "an integer ≥ 0")
     if not 0 < interval < 1:
@@ -381,7 +451,9 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     for panel_id, (key, panel) in enumerate(rows.groupby(group, dropna=False, sort=True)):
         key = key if isinstance(key, tuple) else (key,)
         labels = dict(zip(group, key))
-        p = _Panel(panel, labels, _chance_for(panel, chance), kind, value, boundary)
+        if "lr_rule" in labels:  # the number, or NaN for a depth rule (lr_rule names it)
+            labels["lr"] = panel["lr"].iloc[0] if panel["lr"].nunique() == 1 else np.nan
+        p = _Panel(panel, labels, _chance_for(panel, chance), kind, value, boundary, max_loss)
         theta_boot = {}
         boot = p.bootstrap(rng, n_boot)
         pooled_parts.append((p, boot))
@@ -432,7 +504,10 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
                 curve["depth_low"] = curve["depth_high"] = np.nan
             curve_frames.append(curve.assign(**labels, panel=panel_id, form=form))
         boundary_frames.append(bounds.assign(**labels, panel=panel_id))
-        cell_frames.append(cells.assign(**labels, panel=panel_id))
+        cells = cells.assign(**labels, panel=panel_id)
+        if "lr_rule" in labels:  # each cell's own learning rate (a depth rule gives one per depth)
+            cells["lr"] = cells["depth"].map(panel.groupby("depth")["lr"].first())
+        cell_frames.append(cells)
     fits = pd.DataFrame(fit_rows)
     if len(pooled_parts) > 1:
         pooled = pd.DataFrame(_pooled_rows(pooled_parts, forms, group, alpha))
@@ -443,14 +518,34 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
                 fits[col] = fits[col].astype("Int64")
     fits["delta_aic"] = fits["aic"] - fits.groupby("panel")["aic"].transform("min")
     fits["pooled"] = fits["panel"] == POOLED
-    front = group + ["panel"]
+    front = group + (["lr"] if "lr_rule" in group else []) + ["panel"]
     order = lambda f: f[front + [c for c in f.columns if c not in front]]  # noqa: E731
     boundaries = order(pd.concat(boundary_frames, ignore_index=True))
     cells = order(pd.concat(cell_frames, ignore_index=True))
     curves = order(pd.concat(curve_frames, ignore_index=True))
     fits = order(fits)
     return FitResult(fits, boundaries, cells, curves,
-                     summarize(fits, group, threshold, accuracy, boundary, n_boot, interval))
+                     summarize(fits, group, threshold, accuracy, boundary, n_boot, interval,
+                               pooling=pooled_note(rows, group, cells, max_loss, accuracy)))
+
+
+def pooled_note(rows: pd.DataFrame, group: list[str], cells: pd.DataFrame, max_loss: float,
+                accuracy: str) -> str:
+    """What each panel pools, for the summary: seeds, a learning-rate depth rule, diverged runs."""
+    seeds = cells["n_seeds"]
+    parts = [f"the seeds (a cell's accuracy is the mean over its {seeds.min()}"
+             + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "") + " seed(s))"]
+    rules = sorted({r for r in rows.get("lr_rule", pd.Series(dtype=str)) if "," in r})
+    if rules:
+        parts.append("the depths of a learning-rate depth rule (one panel; lr `LR0,D1:LR1` = LR0 "
+                     "below depth D1, LR1 from D1 on): " + ", ".join(f"`{r}`" for r in rules))
+    blown = (f" or a `{loss_column(accuracy)}` above {max_loss:g} × ln(num_classes)"
+             if math.isfinite(max_loss) and rows["_loss"].notna().any() else "")
+    parts.append(f"{int(cells['n_diverged'].sum())} diverged runs (the `diverged` flag{blown}), "
+                 "counted at chance accuracy and never trainable")
+    others = ", ".join(f"`{c}`" for c in group)
+    return ("Each panel is one value of " + others + "; it pools " + "; ".join(parts) + ".  "
+            "Other columns of the table do not split panels (`--group-by` adds some).")
 
 
 POOLED = -1  # the panel id of the fits pooled over all panels
@@ -505,17 +600,22 @@ class _Panel:
     """One panel's cells as arrays: accuracy[seed, σ_w² column, depth]."""
 
     def __init__(self, panel: pd.DataFrame, labels: dict, chance: float, kind: str, value: float,
-                 boundary: str):
+                 boundary: str, max_loss: float = MAX_LOSS):
         self.labels, self.chance, self.kind, self.tvalue, self.mode = labels, chance, kind, value, boundary
         self.sigma, si = np.unique(panel["sigma_w2"].to_numpy(), return_inverse=True)
         self.depths, di = np.unique(panel["depth"].to_numpy(), return_inverse=True)
         self.seeds, ki = np.unique(panel["seed"].to_numpy(), return_inverse=True)
-        acc = panel["_accuracy"].to_numpy(float)
-        acc = np.where(np.isnan(acc), chance, acc)  # (only diverged runs are left with NaN) chance
+        # A diverged run, or one whose loss blew up (finite or not), counts at chance.
+        diverged = panel["_diverged"].to_numpy(bool) | (
+            panel["_loss"].to_numpy(float) > max_loss * math.log(1 / chance))
+        acc = np.where(diverged, chance, panel["_accuracy"].to_numpy(float))
         total = np.zeros((len(self.seeds), len(self.sigma), len(self.depths)))
         count = np.zeros_like(total)
+        runs_diverged = np.zeros_like(total)
         np.add.at(total, (ki, si, di), acc)   # repeated rows of one run are averaged
         np.add.at(count, (ki, si, di), 1.0)
+        np.add.at(runs_diverged, (ki, si, di), diverged)
+        self.n_diverged = (runs_diverged > 0).sum(axis=0)
         with np.errstate(invalid="ignore"):
             self.acc = total / count  # NaN where a seed did not run that cell
         self.tested = (count > 0).any(axis=0)
@@ -651,7 +751,7 @@ class _Panel:
         return pd.DataFrame({
             "sigma_w2": self.sigma[ci], "depth": self.depths[di],
             "accuracy": self.mean_acc[ci, di], "accuracy_std": self.std_acc[ci, di],
-            "n_seeds": self.n_seeds[ci, di],
+            "n_seeds": self.n_seeds[ci, di], "n_diverged": self.n_diverged[ci, di],
             "frac_seeds_trainable": _nanmean(self.acc[:, ci, di] >= self.threshold, axis=0,
                                              where=np.isfinite(self.acc[:, ci, di])),
             "trainable": self.trainable[ci, di], "threshold": self.threshold,
@@ -765,17 +865,19 @@ def _wins(fits: pd.DataFrame, column: str) -> pd.Series:
     return known.loc[known.groupby("panel")[column].idxmin()]["form"].value_counts()
 
 
-def summarize(fits: pd.DataFrame, group: list[str], threshold, accuracy, boundary, n_boot, interval) -> str:
+def summarize(fits: pd.DataFrame, group: list[str], threshold, accuracy, boundary, n_boot, interval,
+              pooling: str = "") -> str:
     pooled = fits[fits["panel"] == POOLED]
     fits = fits[fits["panel"] != POOLED]
     varying = [c for c in group if fits[c].nunique(dropna=False) > 1]
     lines = ["# Maximum trainable depth: fits of L_max = n·ξ and rival forms", "",
-             f"Accuracy column `{accuracy}`; trainable iff accuracy ≥ threshold `{threshold}`; "
+             f"Accuracy column `{accuracy}`; trainable iff accuracy ≥ threshold `{threshold}` (never "
+             f"below chance + {CHANCE_MARGIN:g} × (1 − chance)); "
              f"boundary value: `{boundary}`; {n_boot} bootstrap replicates (seeds and σ_w² columns), "
              f"{interval:.0%} percentile intervals.  Fits use the observed (uncensored) σ_w² columns; "
              "classification accuracy scores the rule 'trainable iff L ≤ rule(σ_w²)' on every tested "
              "cell.  ΔAIC and the held-out (leave-one-column-out) error compare the forms within a panel.",
-             ""]
+             ""] + ([pooling, ""] if pooling else [])
     common = [f"{c} = {_label(fits[c].iloc[0])}" for c in group if c not in varying and len(fits)]
     if common:
         lines += ["Common to all panels: " + ", ".join(common) + ".", ""]
