@@ -241,3 +241,28 @@ def test_real_cells_go_through_aggregate_fit_and_figures(tmp_path):
                  "-d", str(tmp_path / "figs"), "--only", "gradient_norms,universality,trainability,fit_summary"]) == 0
     for name in ("gradient_norms", "universality", "trainability", "fit_summary"):
         assert (tmp_path / "figs" / f"{name}.png").exists()
+
+
+def test_a_wrong_fit_table_draws_nothing_and_says_so(tmp_path, capsys):
+    """--fit given the training table: not one figure can be drawn: exit 2 naming --fit."""
+    src = tmp_path / "training.parquet"
+    synthetic_training().to_parquet(src, index=False)
+    assert main(["figures", "--fit", str(src), "-d", str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert "fit:" in err and "mfpipe fit" in err and "training.parquet" in err
+    assert not (tmp_path / "figs").exists() or not list((tmp_path / "figs").glob("*.png"))
+
+
+@pytest.mark.parametrize("inits", [1, 2])
+def test_universality_from_a_study_with_one_or_two_inits(tmp_path, capsys, inits):
+    """A gradient study with inits: 2 draws its figure (the variance needs two); with 1 there is
+    nothing to draw and the message names the inits a study needs."""
+    path = tmp_path / "g.parquet"
+    gradient_rows(inits=inits, sigma_w2=(1.0, 2.5)).to_parquet(path, index=False)
+    code = main(["figures", "--gradients", str(path), "-d", str(tmp_path), "--only", "universality"])
+    if inits == 2:
+        assert code == 0
+        assert_rendered(tmp_path / "universality.png")
+    else:
+        assert code == 2
+        assert "inits ≥ 2" in capsys.readouterr().err

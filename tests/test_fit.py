@@ -313,3 +313,13 @@ def test_a_learning_rate_depth_rule_is_one_panel_named_in_the_summary():
     result = fit.fit_table(table, n_boot=0, forms=["n*xi_c"])
     assert result.fits.query("not pooled")["panel"].nunique() == 1
     assert "0.001,100:0.0001" in result.summary
+
+
+def test_cli_max_loss_is_checked(tmp_path, capsys):
+    src = tmp_path / "t.parquet"
+    cell_rows([4, 8], [0.9, 0.9]).to_parquet(src)
+    assert main(["fit", str(src), "-o", str(tmp_path / "fit.parquet"), "--max-loss", "0"]) == 2
+    assert "max-loss" in capsys.readouterr().err
+    assert main(["fit", str(src), "-o", str(tmp_path / "fit.parquet"), "--max-loss", "inf",
+                 "--bootstrap", "0"]) == 0
+    assert "never trainable" in (tmp_path / "fit.md").read_text()

@@ -120,7 +120,7 @@ def render(wanted, *, theory=None, iterates=None, gradients=None, huang_gradient
         if path is not None and not Path(path).exists():
             raise InputError(key.replace("_", "-"), str(path), "an existing table (parquet or csv)")
     outputs = outputs or {}
-    made = []
+    made, skipped = [], []
     cache: dict = {}
 
     def table(key):
@@ -142,9 +142,12 @@ def render(wanted, *, theory=None, iterates=None, gradients=None, huang_gradient
             if strict:
                 raise
             print(f"mfpipe figures: skip {name}: {err}", file=sys.stderr)
+            skipped.append(err)
             continue
         png = outputs.get(name, outdir / f"{name}.png")
         made.append(save(fig, png))
+    if skipped and not made:  # tables were given, and not one figure could be drawn from them
+        raise skipped[0]
     return made
 
 
@@ -179,6 +182,10 @@ def read_fit_outputs(fit_path):
     fit_path = Path(fit_path)
     stem = fit_path.with_suffix("")
     tables = [read_table(fit_path)]
+    missing = [c for c in ("panel", "form", "kind", "n") if c not in tables[0]]
+    if missing:
+        raise InputError("fit", str(fit_path), "the fit table written by mfpipe fit -o (columns panel, "
+                         f"form, kind, n, …; this table lacks {', '.join(missing)}), e.g. results/fit.parquet")
     for part in ("cells", "boundaries", "curves"):
         path = Path(f"{stem}.{part}.parquet")
         if not path.exists():
@@ -598,7 +605,8 @@ def _panel_title(row: pd.Series, varying) -> str:
     """A short two-line panel title from the columns that vary between panels."""
     import textwrap
 
-    names = {"keep_rate": r"$\rho$", "sigma_b2": r"$\sigma_b^2$", "step": "step", "steps": "steps"}
+    names = {"keep_rate": r"$\rho$", "sigma_b2": r"$\sigma_b^2$", "step": "step", "steps": "steps",
+             "lr_rule": "lr"}
     cols = [c for c in varying if not (c == "step" and "steps" in varying and row.get("steps") == row.get("step"))]
     parts = [f"{names[c]}={_num(row[c])}" if c in names else str(row[c]) for c in cols if c != "family"]
     text = ", ".join(parts)
@@ -608,6 +616,8 @@ def _panel_title(row: pd.Series, varying) -> str:
 
 def _panels(cells: pd.DataFrame, fits: pd.DataFrame):
     meta_cols = [c for c in fits.columns if c in cells.columns and c not in ("panel", "threshold")]
+    if "lr_rule" in meta_cols:  # the panel's learning rate, a number or a depth rule, as text
+        meta_cols = [c for c in meta_cols if c != "lr"]
     meta = cells.groupby("panel").first().reset_index()
     varying = [c for c in meta_cols if c in meta and meta[c].nunique(dropna=False) > 1
                and c not in ("sigma_w2", "depth")]
@@ -741,12 +751,16 @@ def universality(rows: pd.DataFrame, metrics=("g_aa", "g_ab")):
                            "mode", "dataset") if c in rows]
     rows = rows[rows["metric"].isin(metrics)]
     stats = rows.groupby(setting + ["metric", "layer"], dropna=False)["value"].agg(["mean", "var", "count"]).reset_index()
-    stats = stats[(stats["count"] >= 3) & (stats["mean"] != 0) & (stats["var"] > 0)]
+    for src in stats.loc[stats["count"] < 2, "source"].unique():
+        print(f"mfpipe figures: universality: rows of {src} with one initialisation per setting have "
+              "no variance and are not drawn", file=sys.stderr)
+    stats = stats[(stats["count"] >= 2) & (stats["mean"] != 0) & (stats["var"] > 0)]
     stats["abs_mean"] = stats["mean"].abs()
     panels = [(src, m) for src in stats["source"].unique() for m in metrics if ((stats["source"] == src) & (stats["metric"] == m)).any()]
     if not panels:
-        raise InputError("universality", "no layer with ≥ 3 initialisations and non-zero statistics",
-                         "gradient rows with several init_index or seeds per cell")
+        raise InputError("universality", "no layer with ≥ 2 initialisations and non-zero statistics",
+                         "gradient rows with ≥ 2 initialisations per setting: a gradient study with "
+                         "inits ≥ 2 (≥ 10 for a usable variance), or several seeds")
     fig, axes = _grid(len(panels), ncols=2, size=(5.0, 4.2))
     for ax, (src, metric) in zip(axes, panels):
         s = stats[(stats["source"] == src) & (stats["metric"] == metric)]
@@ -765,7 +779,9 @@ def universality(rows: pd.DataFrame, metrics=("g_aa", "g_ab")):
         sym = {"g_aa": r"g_{aa}", "g_ab": r"g_{ab}", "grad_sq_norm": r"\|\nabla_W E\|^2"}[metric]
         ax.set_xlabel(rf"mean over initialisations $m = \langle {sym} \rangle$")
         ax.set_ylabel(rf"variance $V$ of ${sym}$")
-        ax.set_title(f"{src}: {metric} (fitted log-log slope {slope:.2f})", fontsize=9)
+        inits = s["count"].min()
+        more = "+" if s["count"].max() > inits else ""
+        ax.set_title(f"{src}: {metric}, {inits}{more} inits (fitted log-log slope {slope:.2f})", fontsize=9)
         ax.legend(fontsize=7, markerscale=3)
     fig.suptitle("Universality of per-layer gradient statistics over initialisations: " + r"$V \propto m^2$",
                  fontsize=10)
