@@ -19,33 +19,104 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mfpipe import __version__
+from mfpipe.errors import InputError
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is racy)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode() -> int:
+    """Permissions a new output file gets: 0666 less the umask (0644 with umask 022), as for
+    any file a program creates with open()."""
+    return 0o666 & ~current_umask()
+
+
+def _unwritable(path: Path, field: str, err: OSError) -> InputError:
+    reason = err.strerror or str(err)
+    where = f" ({err.filename})" if getattr(err, "filename", None) and str(err.filename) != str(path) else ""
+    return InputError(field, str(path), f"a path whose directory exists or can be created and is "
+                                        f"writable; here: {reason}{where}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, field: str = "output") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    The file gets the permissions the umask gives (0644 with umask 022; the temporary file is
+    created owner-only and widened just before the rename).  On any exception the temporary
+    file is removed and ``path`` is left untouched.  A directory that cannot be made or written
+    raises ``InputError`` naming ``field`` and the path (exit 2), not a traceback.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _unwritable(path, field, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            if tmp_path.exists():
+                os.chmod(tmp_path, output_mode())
+            os.replace(tmp_path, path)
+        except OSError as err:
+            raise _unwritable(path, field, err) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
-def write_table_atomic(table, path: str | os.PathLike) -> Path:
-    """Write a pandas DataFrame or pyarrow Table to ``path`` (.parquet or .csv) atomically."""
+def check_output(path: str | os.PathLike, field: str = "output",
+                 suffixes: tuple[str, ...] | None = (".parquet", ".csv")) -> Path:
+    """Check, before any work, that ``path`` can be written by ``atomic_path``; return it.
+
+    Raises ``InputError`` naming ``field`` when the suffix is not one of ``suffixes`` (None:
+    any), the path is a directory, or its directory neither exists nor can be created, or is
+    not writable (probed by creating and removing a temporary file in the nearest existing
+    directory, so read-only mounts are caught even for root).  Creates nothing.
+    """
+    out = Path(path)
+    if suffixes is not None and out.suffix.lower() not in tuple(s.lower() for s in suffixes):
+        raise InputError(field, str(path), "a path ending in " + " or ".join(suffixes))
+    if out.is_dir():
+        raise InputError(field, str(path), "a file path (this is a directory)")
+    parent = out.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise InputError(field, str(path), f"a path whose directory can be created ({parent} is a "
+                                                "broken link)")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(field, str(path), f"a path whose directory can be created ({parent} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mfpipe-write-check.", dir=parent)
+    except OSError as err:
+        raise _unwritable(out, field, err) from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+def write_table_atomic(table, path: str | os.PathLike, field: str = "output") -> Path:
+    """Write a pandas DataFrame or pyarrow Table to ``path`` (.parquet or .csv) atomically
+    (``field`` names the path in the error when its directory is not writable)."""
     path = Path(path)
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, field) as tmp:
         if path.suffix == ".csv":
             import pyarrow.csv as pacsv
 
@@ -149,8 +220,6 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None):
     naming the file for a missing file, an unknown suffix or missing columns.
     """
     import pandas as pd
-
-    from mfpipe.errors import InputError
 
     path = Path(path)
     if not path.exists():

@@ -17,6 +17,17 @@ from typing import Iterable
 from mfpipe.errors import InputError
 
 SIGNIFICANT_DIGITS = 12
+#: Most values one range ``start:stop:count`` may give (checked before the list is built: a
+#: count of 10^9 would otherwise fill memory before any other check could run).
+MAX_RANGE_COUNT = 1_000_000
+
+
+def count_text(n: int) -> str:
+    """A count people can read at a glance: ``100,000,000 (10^8)``."""
+    n = int(n)
+    if n >= 1000 and 10 ** (len(str(n)) - 1) == n:
+        return f"{n:,} (10^{len(str(n)) - 1})"
+    return f"{n:,}"
 
 
 def clean_float(x: float) -> float:
@@ -95,6 +106,9 @@ def _parse_range(part: str, field: str, allowed: str) -> list[float]:
         raise InputError(field, part, allowed + " (count must be an integer ≥ 1)") from None
     if count < 1 or (count == 1 and start != stop):
         raise InputError(field, part, allowed + " (count ≥ 2 unless start == stop)")
+    if count > MAX_RANGE_COUNT:
+        raise InputError(field, part, f"a range of at most {count_text(MAX_RANGE_COUNT)} values "
+                                      f"(this one asks for {count_text(count)})")
     if count == 1:
         return [start]
     step = (stop - start) / (count - 1)

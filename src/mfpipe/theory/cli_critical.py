@@ -11,7 +11,8 @@ import argparse
 import numpy as np
 
 from mfpipe.errors import InputError
-from mfpipe.theory.cli import (add_model_arguments, add_output_argument, check_output, grid_values,
+from mfpipe.theory.cli import (add_model_arguments, add_output_argument, check_grid_size, check_output,
+                               grid_values,
                                renamed, write_rows)
 
 
@@ -27,6 +28,7 @@ def run(args) -> int:
 
     output = check_output(args.output)
     values = {f: grid_values(args, f) for f in ("sigma_b2", "keep_rate", "noise_var")}
+    check_grid_size(values)
     mesh = np.meshgrid(*(np.array(v) for v in values.values()), indexing="ij")
     grid = {f: m.ravel() for f, m in zip(values, mesh)}
     try:

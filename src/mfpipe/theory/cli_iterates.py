@@ -16,8 +16,8 @@ import argparse
 import numpy as np
 
 from mfpipe.errors import InputError
-from mfpipe.theory.cli import (add_model_arguments, add_output_argument, check_output, grid_values,
-                               renamed, write_rows)
+from mfpipe.theory.cli import (MAX_ITERATE_ROWS, add_model_arguments, add_output_argument,
+                               check_grid_size, check_output, grid_values, renamed, write_rows)
 from mfpipe.values import parse_values
 
 
@@ -53,6 +53,9 @@ def run(args) -> int:
     if any(abs(c) > 1 for c in c_starts):
         raise InputError("--c0", args.c0, "correlations in [-1, 1]")
     values = {f: grid_values(args, f) for f in ("sigma_w2", "sigma_b2", "keep_rate", "noise_var")}
+    starts = len(q_starts) + len(c_starts)
+    check_grid_size(values, MAX_ITERATE_ROWS, per_point=starts * (depth + 1), what="rows",
+                    extra=f"; {starts} starts × {depth + 1} layers (--depth {depth})")
     mesh = np.meshgrid(*(np.array(v) for v in values.values()), indexing="ij")
     grid = {f: m.ravel() for f, m in zip(values, mesh)}
     g = {k: v[:, None] for k, v in grid.items()}  # grid points × starts

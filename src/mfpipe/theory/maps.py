@@ -41,6 +41,11 @@ from mfpipe.theory.quadrature import PairIntegrals, moments
 from mfpipe.theory.rootfind import bracketed_newton
 
 NOISES = ("dropout", "gaussian", "additive", "none")
+#: Largest σ_b² + σ_w²(μ2 + ν) (the scale of the lengths q; for dropout μ2 = 1/ρ, so ρ ≥ ~σ_w²·1e-12).
+#: The cost no longer grows with q (quadrature.Q_SAT), but the length map's slope dM0/dq of
+#: a bounded φ is O(q^-3/2) next to O(q^-1/2) terms: its relative error is ~1e-16·q (2.6e-5 at
+#: q = 1e12), and overflow follows at larger q.
+Q_LIMIT = 1e12
 METHODS = ("auto", "closed", "quadrature")
 KEYS = ("q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad")
 
@@ -103,6 +108,29 @@ class Setting:
         if noise != "dropout":
             self.inv_mu2 = 1.0 / self.mu2
         self.nu = self.nv if noise == "additive" else np.zeros_like(self.sw)
+        self._check_scale(sigma_w2, sigma_b2, keep_rate, noise_var, need_sigma_w2)
+
+    def _check_scale(self, sigma_w2, sigma_b2, keep_rate, noise_var, need_sigma_w2):
+        """Refuse grids whose lengths exceed Q_LIMIT (see there), naming the field that does it."""
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            bound = self.sb + self.sw * (self.mu2 + self.nu)  # ≥ q* for bounded φ; the scale of q^l
+        bad = ~(bound <= Q_LIMIT)
+        if not bad.any():
+            return
+        i = int(np.flatnonzero(bad)[0])
+        if self.noise == "dropout" and self.rho[i] < 1.0:
+            field, value = "keep_rate", float(self.rho[i])
+        elif self.noise in ("gaussian", "additive") and self.nv[i] > 0.0:
+            field, value = "noise_var", float(self.nv[i])
+        elif need_sigma_w2 and self.sw[i] * self.mu2[i] >= self.sb[i]:
+            field, value = "sigma_w2", float(self.sw[i])
+        else:
+            field, value = "sigma_b2", float(self.sb[i])
+        raise InputError(field, value, f"values with σ_b² + σ_w²(μ2 + ν) ≤ {Q_LIMIT:.0e} (μ2 = E ε² = 1/ρ "
+                         f"for dropout): here it is {bound[i]:.3g} (σ_w² = {self.sw[i]:.6g}, "
+                         f"σ_b² = {self.sb[i]:.6g}, ρ = {self.rho[i]:.6g}, noise variance "
+                         f"{self.nv[i]:.6g}); beyond, lengths q ~ 1e12 leave the slopes of the maps "
+                         f"fewer than 5 correct digits in double precision")
 
     def block(self, sl: slice) -> "Setting":
         """The same setting restricted to a slice of the flat grid."""
@@ -346,6 +374,7 @@ def iterate_q(activation, sigma_w2, sigma_b2, q0, depth, keep_rate=1.0, noise="d
     q0 = np.broadcast_to(_array(q0, "q0"), s.shape).ravel()
     if not np.all(np.isfinite(q0) & (q0 >= 0)):
         raise InputError("q0", q0, "finite numbers ≥ 0")
+    _check_iterates(depth, s.sw.size)
     out = np.empty((depth + 1, s.sw.size))
     out[0] = q0
     for layer in range(depth):
@@ -369,6 +398,7 @@ def iterate_c(activation, sigma_w2, sigma_b2, c0, depth, keep_rate=1.0, q=None, 
     c0 = np.broadcast_to(_array(c0, "c0"), s.shape).ravel()
     if not np.all((c0 >= -1) & (c0 <= 1)):
         raise InputError("c0", c0, "correlations in [-1, 1]")
+    _check_iterates(depth, s.sw.size)
     out = np.empty((depth + 1, s.sw.size))
     out[0] = c0
     idx = np.arange(s.sw.size)
@@ -410,6 +440,16 @@ def _grid_with(sigma_w2, *others):
     except ValueError:
         raise InputError("sigma_w2", sigma_w2, "arrays broadcastable against the other grid arguments") from None
     return np.broadcast_to(arrays[0], shape)
+
+
+MAX_ITERATE_VALUES = 50_000_000  # (depth + 1) × points of one iterate array: 400 MB
+
+
+def _check_iterates(depth: int, points: int) -> None:
+    n = (depth + 1) * points
+    if n > MAX_ITERATE_VALUES:
+        raise InputError("depth", depth, f"(depth + 1) × grid points ≤ {MAX_ITERATE_VALUES:,} values "
+                         f"(here {depth + 1:,} × {points:,} = {n:,})")
 
 
 def _depth(depth):

@@ -43,10 +43,60 @@ def _normal_pdf(z):
     return INV_SQRT_2PI * np.exp(-0.5 * np.square(z))
 
 
+# Saturating φ (smooth, odd, |φ| → 1: tanh, erf) at large q: φ(u) = ±1 to rounding for
+# |u| ≥ U_SAT, so every integral splits into a closed part (φ = sign) and a part localised at
+# |u| ≤ U_SAT whatever q is.  The direct rules need nodes ∝ √q (q ≈ σ_w² μ2 grows like 1/ρ for
+# dropout: 45 s for one point at ρ = 1e-6, GBs at 1e-10); the split costs the same for every q.
+Q_SAT = 64.0  # from here on (the end of the Chebyshev tables); the tables use the direct rules
+U_SAT = 40.0  # 1 − tanh²(40) = 7e-35, 1 − erf(40) < 1e-690
+H_SAT = 0.25  # trapezoid step in u, as the direct rule's 0.25/√q in z
+
+
+def saturates(act: Activation) -> bool:
+    """Whether ``act`` is smooth, odd and equals ±1 to rounding beyond ±U_SAT."""
+    return bool(act.smooth and act.odd and act.bounded
+                and float(np.asarray(act.phi(np.array([U_SAT])))[0]) == 1.0)
+
+
+def _saturated_moments(act: Activation, q: np.ndarray) -> np.ndarray:
+    """M0, M1, M2, dM1 (4 × points) for saturating φ and q ≥ Q_SAT, at a cost independent of q.
+
+    M0 = 1 − E(1 − φ²); 1 − φ², φ'², φφ'' and φ''² + φ'φ‴ vanish beyond |u| = U_SAT, so the
+    trapezoidal rule in u with step H_SAT over [0, U_SAT] (even integrands, folded) is as
+    accurate as the direct rule (integrands analytic in a strip: geometric convergence).
+    """
+    u = np.arange(0.0, U_SAT + 0.5 * H_SAT, H_SAT)
+    w = np.full(u.size, 2.0 * H_SAT)
+    w[0] = H_SAT
+    f0, f1, f2, f3 = act.phi(u), act.dphi(u), act.d2phi(u), act.d3phi(u)
+    # M1 + M2 = dM0/dq = E[u φ φ']/q (Stein): a positive integrand, where φ'² + φφ'' nearly
+    # cancels (its integral is O(q^-3/2)); M2 is taken as the difference so M1 + M2 keeps it
+    g = np.stack([(1.0 - f0) * (1.0 + f0), f1 * f1, u * f0 * f1, f2 * f2 + f1 * f3], axis=1)
+    out = np.empty((4, q.size))
+    step = max(1, CHUNK // u.size)
+    for start in range(0, q.size, step):
+        qs = q[start:start + step]
+        sq = np.sqrt(qs)[:, None]
+        dens = w[None, :] * _normal_pdf(u[None, :] / sq) / sq
+        part = (dens @ g).T
+        part[2] = part[2] / qs - part[1]
+        out[:, start:start + step] = part
+    out[0] = 1.0 - out[0]
+    return out
+
+
 def _trapezoid_moments(act: Activation, q: np.ndarray):
-    """M0, M1, M2, dM1 for smooth φ by the trapezoidal rule (q flat, ≥ 0)."""
+    """M0, M1, M2, dM1 for smooth φ by the trapezoidal rule (q flat, ≥ 0); saturating φ at
+    q ≥ Q_SAT by ``_saturated_moments``."""
     out = np.empty((4, q.size))
     if q.size == 0:
+        return out
+    large = q >= Q_SAT
+    if large.any() and saturates(act):
+        out[:, large] = _saturated_moments(act, q[large])
+        small = np.flatnonzero(~large)
+        if small.size:
+            out[:, small] = _trapezoid_moments(act, q[small])
         return out
     h = np.minimum(0.5, 0.25 / np.sqrt(np.maximum(q, 1e-300)))
     n_half = int(math.ceil(Z_MAX / h.min()))
@@ -249,6 +299,8 @@ def _signed_coefficients(act: Activation, q: np.ndarray, key: int):
         _, ta_t = _coefficient_table(act, key)
         return ta_t @ _cheb_basis(np.sqrt(q), key)
     q_max = 2.0 ** TABLE_OCTAVES[0] if key < TABLE_OCTAVES[0] else float(q.max())
+    if key > TABLE_OCTAVES[1] and saturates(act):  # q ≥ 64 = Q_SAT: cost independent of q
+        return _saturated_coefficients(act, q, _order(q_max))
     a = np.empty((q.size, (_order(q_max) + 1) // 2))
     b = np.empty((q.size, _order(q_max) // 2 + 1))
     step = max(1, CHUNK // int((math.sqrt(4 * _order(q_max) + 2) + 8) / _step(q_max) + 1))
@@ -256,6 +308,50 @@ def _signed_coefficients(act: Activation, q: np.ndarray, key: int):
         sl = slice(start, start + step)
         a[sl], b[sl] = _hermite_coefficients(act, q[sl], _order(q_max), _step(q_max))
     return a.T
+
+
+def _saturated_coefficients(act: Activation, q: np.ndarray, k_max: int,
+                            m: int = 16) -> np.ndarray:
+    """Odd Hermite coefficients a_1, a_3, … ≤ k_max of φ(√q z) (orders × points) for saturating
+    φ and q ≥ Q_SAT, at a cost that does not grow with q.
+
+    φ(√q z) = sign(z) + d(z) with d = φ(√q z) − sign(z) zero beyond |z| = U_SAT/√q.  sign has
+    closed-form coefficients 2 √ϕ(0) g_{k−1}(0)/√k (∫_0^∞ He_k ϕ = He_{k−1}(0) ϕ(0)); d, smooth on
+    [0, U_SAT/√q], by Gauss–Legendre panels no wider than 1 in u (tanh's poles are π/2 off the
+    axis) and 0.05 in z (He_K oscillates on 2π/√(2K) ≈ 0.06 at the largest K).
+    """
+    q = np.asarray(q, dtype=float).ravel()
+    n_odd = (k_max + 1) // 2
+    # sign(z): g_m(0) by the recurrence g_{m+1} = −√(m/(m+1)) g_{m−1}, g_0 = √ϕ(0)
+    g0 = np.zeros(k_max + 1)
+    g0[0] = math.sqrt(INV_SQRT_2PI)
+    for mm in range(1, k_max):
+        g0[mm + 1] = -math.sqrt(mm / (mm + 1.0)) * g0[mm - 1]
+    ks = np.arange(1, k_max + 1, 2)
+    out = np.empty((n_odd, q.size))
+    out[:] = (2.0 * g0[0] * g0[ks - 1] / np.sqrt(ks))[:, None]
+    sq = np.sqrt(q)
+    z_end = U_SAT / sq
+    width = np.minimum(1.0 / sq, 0.05)
+    panels = int(np.ceil(np.max(z_end / width))) if q.size else 1
+    x, wl = _legendre(m)
+    step = max(1, CHUNK // (panels * m))
+    for start in range(0, q.size, step):
+        sl = slice(start, start + step)
+        edges = np.linspace(0.0, 1.0, panels + 1)[None, :] * z_end[sl, None]  # points × panels+1
+        lo, hi = edges[:, :-1, None], edges[:, 1:, None]
+        half = 0.5 * (hi - lo)
+        z = ((lo + hi) * 0.5 + half * x).reshape(edges.shape[0], -1)
+        w = (half * wl).reshape(edges.shape[0], -1)
+        sqrt_pdf = np.sqrt(_normal_pdf(z))
+        f = 2.0 * w * sqrt_pdf * (act.phi(sq[sl, None] * z) - 1.0)
+        g_prev = np.zeros_like(z)
+        g = sqrt_pdf.copy()
+        for k in range(k_max + 1):
+            if k % 2:
+                out[k // 2, sl] += np.einsum("pn,pn->p", f, g)
+            g_prev, g = g, (z * g - math.sqrt(k) * g_prev) / math.sqrt(k + 1.0)
+    return out
 
 
 def _panel_coefficients(act: Activation, q: np.ndarray, k_max: int, panels: int = 48, m: int = 32):
