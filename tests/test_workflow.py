@@ -169,15 +169,57 @@ def test_bad_config_fails_at_startup_naming_every_field(tmp_path):
         assert needle in text, needle
 
 
+INJECTION = "x; touch pwned $(touch pwned2) `touch pwned3`"
+
+
+def test_a_command_in_a_fit_or_figure_option_is_refused_before_anything_runs(tmp_path):
+    config = tiny_config()
+    config["fit"] = {"forms": INJECTION, "step": INJECTION}
+    config["figures"] = {"reference": INJECTION}
+    work = copy_workflow(tmp_path / "wf", config)
+    done = snakemake(work, check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    for field in ("fit.forms", "fit.step", "figures.reference"):
+        assert field in text, field
+    assert not list(work.rglob("pwned*")) and not (work / "results").exists()
+
+
 # ----------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+def test_free_text_config_values_reach_commands_quoted(tmp_path):
+    """Every config value that reaches a shell command either must match a pattern (schema)
+    or is quoted: the free-text ones (descriptions, the data directory) carry a payload here."""
+    config = tiny_config()
+    config["description"] = INJECTION
+    config["studies"]["t"]["description"] = INJECTION
+    config["studies"]["g"]["description"] = INJECTION
+    config["data_dir"] = f"data {INJECTION}"
+    work = copy_workflow(tmp_path / "wf", config)
+    try:
+        snakemake(work)
+    finally:
+        stop_pool(work)
+    assert not list(work.rglob("pwned*")), "a config value ran as a command"
+    assert (work / "results" / "training.parquet").exists()
+    assert any((work / f"data {INJECTION}").iterdir())  # the data directory, named as given
+
 
 @pytest.mark.slow
 def test_staleness_reruns_only_affected_cells(tmp_path):
     work = copy_workflow(tmp_path / "wf", tiny_config())
     try:
         snakemake(work)
-        assert len(list((work / "results" / "cells" / "t").rglob("*.parquet"))) == 4
+        cell_files = sorted((work / "results" / "cells" / "t").rglob("*.parquet"))
+        assert len(cell_files) == 4
         assert planned(work) == {}  # a second run does nothing
+
+        # a deleted cell file: that cell is trained again and its aggregate remade
+        cell_files[0].unlink()
+        assert planned(work) == {"train_cell": 1, "aggregate_cells": 1, "all": 1}
+        snakemake(work)
+        assert cell_files[0].exists() and planned(work) == {}
 
         # a changed grid value: only its cells (2 depths × σ_w² = 2.5)
         config = tiny_config()
