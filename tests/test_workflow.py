@@ -139,6 +139,17 @@ def job_priorities(workdir: Path) -> list[tuple[str, str, float]]:
     return jobs
 
 
+def test_the_universality_figure_is_planned_only_when_a_gradient_study_has_two_inits(tmp_path):
+    config = tiny_config()
+    config["figures"] = {"enabled": True}
+    work = copy_workflow(tmp_path / "wf", config)  # its gradient study has inits: 1
+    counts = planned(work)
+    assert "figure_universality" not in counts and counts["figure_gradient_norms"] == 1
+    config["studies"]["g"]["settings"]["inits"] = 2
+    set_config(work, config)
+    assert planned(work)["figure_universality"] == 1
+
+
 def test_jobs_run_data_first_then_theory_and_gradients_then_cells_longest_first(tmp_path):
     config = tiny_config()
     config["studies"]["t"]["grid"]["depth"] = [2, 8, 32]

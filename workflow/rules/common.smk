@@ -248,7 +248,10 @@ if HAS_FIGURES:
         FIGURE_INPUTS["gradient_norms"] = {"gradients": "results/gradients.parquet"}
         if HAS_THEORY:
             FIGURE_INPUTS["gradient_norms"]["theory"] = "results/theory.parquet"
-        FIGURE_INPUTS["universality"] = {"gradients": "results/gradients.parquet"}
+        # per-layer variances across initialisations: drawn only from studies with ≥ 2 inits
+        if any(c.params["inits"] >= 2 for s in STUDIES.values() if s.kind == "grad"
+               for c in s.cells):
+            FIGURE_INPUTS["universality"] = {"gradients": "results/gradients.parquet"}
     if HAS_FIT:
         FIGURE_INPUTS["trainability"] = {"fit": "results/fit.parquet"}
         FIGURE_INPUTS["fit_summary"] = {"fit": "results/fit.parquet"}
