@@ -137,3 +137,40 @@ def test_kind_is_detected_from_most_files_so_the_broken_one_is_named(tmp_path):
     with pytest.raises(InputError) as err:
         aggregate([broken] + good, tmp_path / "out.parquet")
     assert err.value.field == "training cell files" and "broken.parquet" in str(err.value)
+
+
+# --- issue 9: a file's rows must match its path; unwritable outputs ----------------------------
+
+def test_cell_file_whose_rows_disagree_with_its_path_is_named(tmp_path):
+    # before issue 9: a depth=3 path holding depth=7 rows was merged silently
+    cells = tmp_path / "results" / "cells" / "train"
+    good = write(training_cell(3, 1.5, 0), cells / "depth=3" / "sigma_w2=1.5" / "seed=0.parquet")
+    also_good = write(training_cell(7, 2, 1), cells / "depth=7" / "sigma_w2=2" / "seed=1.parquet")
+    moved = write(training_cell(7, 1.5, 2), cells / "depth=3" / "sigma_w2=1.5" / "seed=2.parquet")
+    out = tmp_path / "training.parquet"
+    with pytest.raises(InputError) as err:
+        aggregate([good, also_good, moved], out)
+    text = str(err.value)
+    assert str(moved) in text and "depth=7 in its rows, depth=3 in its path" in text
+    assert str(good) not in text and str(also_good) not in text
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["results"]
+    aggregate([good, also_good], out)  # matching paths (2 == 2.0, canonical numbers) pass
+
+
+def test_identity_check_covers_strings_and_seed_and_ignores_plain_paths(tmp_path):
+    frame = training_cell(3, 1.5, 0)
+    frame["activation"] = "relu"
+    bad = write(frame, tmp_path / "activation=tanh" / "seed=1.parquet")
+    with pytest.raises(InputError) as err:
+        aggregate([bad], tmp_path / "out.parquet")
+    assert "activation=relu in its rows" in str(err.value) and "seed=0 in its rows" in str(err.value)
+    plain = write(training_cell(3, 1.5, 0), tmp_path / "d3" / "anything.parquet")
+    assert aggregate([plain], tmp_path / "out.parquet")["rows"] == 2
+
+
+def test_aggregate_to_unwritable_output_exit_2_before_reading(tmp_path, capsys):
+    f = write(training_cell(3, 1.5, 0), tmp_path / "c.parquet")
+    (tmp_path / "file").write_text("")
+    assert main(["aggregate", str(f), "-o", str(tmp_path / "file" / "out.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "output" in err and "is a file" in err

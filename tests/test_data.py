@@ -228,3 +228,17 @@ def test_memory_cache_is_keyed_by_the_cache_file_so_a_rewritten_file_is_read_aga
     again = data.load_dataset("digits", "data", eval_size=10)
     assert again is not first
     np.testing.assert_array_equal(again.x_train, first.x_train)
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_data_dir_that_is_a_file_exit_2(tmp_path, capsys, below):
+    # before issue 9: NotADirectoryError traceback
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    data_dir = afile / below if below else afile
+    assert main(["prepare-data", "--dataset", "digits", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and str(data_dir) in err and "a directory" in err
+    with pytest.raises(InputError, match="--data-dir"):
+        data.load_dataset("digits", data_dir)
+    assert afile.read_text() == ""

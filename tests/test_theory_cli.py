@@ -97,3 +97,88 @@ def test_console_script_subprocess():
     out = subprocess.run([sys.executable, "-m", "mfpipe", "theory", "--keep-rate", "2"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--keep-rate" in out.stderr and "(0, 1]" in out.stderr
+
+
+# --- issue 9: bounded work ---------------------------------------------------------------------
+
+def _mfpipe(args, timeout):
+    """Run the CLI in a subprocess with a hard timeout and a 2 GB address-space cap (a
+    regression then fails fast instead of filling the machine)."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-m", "mfpipe", *args], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap)
+
+
+@pytest.mark.parametrize("keep_rate", ["1e-6", "1e-10"])
+def test_tiny_keep_rate_is_answered_fast(keep_rate):
+    # before issue 9: 45 s at 1e-6 (nodes ∝ √q ∝ 1/√ρ), GBs and no end at 1e-10
+    out = _mfpipe(["theory", "--keep-rate", keep_rate, "--sigma-w2", "1.5"], timeout=30)
+    assert out.returncode == 0, out.stderr
+    row = pd.read_csv(io.StringIO(out.stdout)).iloc[0]
+    rho = float(keep_rate)
+    assert row["q_star"] == pytest.approx(1.5 / rho, rel=1e-3)  # q* ≈ σ_w² μ2 for a saturated tanh
+    assert np.isfinite(row[["c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad"]].astype(float)).all()
+    assert 0 < row["xi_q"] < 1 and 0 < row["xi_c"] < 1 and row["xi_grad"] < 0
+
+
+def test_large_q_quadrature_matches_the_direct_rules():
+    """The q ≥ 64 split (sign + localised part) agrees with the direct (slow) rules."""
+    from mfpipe.theory import quadrature as Q
+    from mfpipe.theory.activations import get_activation
+
+    q = np.array([64.0, 150.0, 600.0])
+    for name in ("tanh", "erf"):
+        act = get_activation(name)
+        fast_m = Q._saturated_moments(act, q)
+        fast_a = Q._saturated_coefficients(act, q, Q._order(64))
+        slow_m = np.empty((4, q.size))
+        slow_a = np.empty_like(fast_a)
+        for i, qi in enumerate(q):  # the direct rules, one point at a time (nodes ∝ √q)
+            h = min(0.5, 0.25 / np.sqrt(qi))
+            j = np.arange(0, int(np.ceil(Q.Z_MAX / h)) + 1)
+            z = j * h
+            w = np.where(j == 0, h, 2 * h) * Q._normal_pdf(z)
+            u = z * np.sqrt(qi)
+            f0, f1, f2, f3 = act.phi(u), act.dphi(u), act.d2phi(u), act.d3phi(u)
+            slow_m[:, i] = [w @ (f0 * f0), w @ (f1 * f1), w @ (f0 * f2), w @ (f2 * f2 + f1 * f3)]
+            slow_a[:, i] = Q._hermite_coefficients(act, np.array([qi]), Q._order(64), Q._step(qi))[0][0]
+        np.testing.assert_allclose(fast_m[[0, 1, 3]], slow_m[[0, 1, 3]], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(fast_m[1] + fast_m[2], slow_m[1] + slow_m[2], rtol=1e-6)
+        np.testing.assert_allclose(fast_a, slow_a, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["theory", "--sigma-w2", "1:4:100000", "--sigma-b2", "1:2:1000"], "100,000,000 (10^8) grid points"),
+    (["theory", "--sigma-w2", "1:4:1000000000"], "1,000,000,000 (10^9)"),
+    (["critical", "--sigma-b2", "0:1:2000", "--keep-rate", "0.1:1:1000"], "2,000,000 grid points"),
+    (["iterates", "--depth", "100000000"], "rows"),
+    (["theory", "--keep-rate", "1e-300", "--sigma-w2", "1.5"], "1.5e+300"),
+])
+def test_oversized_requests_are_refused_before_starting(argv, said):
+    # before issue 9: MemoryError after 43 s, raw tracebacks (iterates, keep rate 1e-300)
+    out = _mfpipe(argv, timeout=30)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert said in out.stderr and "allowed:" in out.stderr
+    assert "10^6" in out.stderr or "1e+12" in out.stderr  # the limit is named
+
+
+def test_iterate_api_refuses_arrays_that_will_not_fit():
+    from mfpipe.errors import InputError
+    from mfpipe.theory import iterate_c, iterate_q
+
+    with pytest.raises(InputError, match="depth"):
+        iterate_q("tanh", 1.5, 0.05, 1.0, 10 ** 9)
+    with pytest.raises(InputError, match="depth"):
+        iterate_c("tanh", 1.5, 0.05, 0.5, 10 ** 9)
+
+
+def test_theory_unwritable_output_exit_2_before_computing(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, out, err = run_cli(["theory", "-o", str(tmp_path / "file" / "t.parquet")], capsys)
+    assert code == 2 and "--output" in err and "is a file" in err
+    assert out == ""

@@ -45,3 +45,13 @@ def test_integer_fields_reject_fractions():
 )
 def test_format_number_is_canonical(value, text):
     assert format_number(value) == text
+
+
+def test_huge_range_is_refused_before_it_is_built():
+    # before issue 9: 1:4:1000000000 built a list of 10^9 floats (tens of GB) before any check
+    from mfpipe.errors import InputError
+    from mfpipe.values import MAX_RANGE_COUNT, parse_values
+
+    assert len(parse_values(f"0:1:{MAX_RANGE_COUNT}", "--sigma-w2")) == MAX_RANGE_COUNT
+    with pytest.raises(InputError, match=r"--sigma-w2.*at most 1,000,000 \(10\^6\).*10,000,000,000 \(10\^10\)"):
+        parse_values("1:4:10000000000", "--sigma-w2")

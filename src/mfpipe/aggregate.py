@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mfpipe.errors import InputError
-from mfpipe.store import atomic_path, schema_problems
+from mfpipe.store import atomic_path, check_output, schema_problems
 
 _PARAMS = {
     "activation": "string",
@@ -199,8 +199,7 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
     files = [Path(f) for f in files]
     if not files:
         raise InputError("inputs", [], "at least one parquet file")
-    if not str(output).endswith(".parquet"):
-        raise InputError("output", str(output), "a path ending in .parquet")
+    check_output(output, "output", (".parquet",))  # before reading 100k files
     schemas = read_schemas(files)
     if kind == "auto":
         kind = detect_kind(schemas)
@@ -216,6 +215,8 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
     rows = 0
     pending: list[pa.RecordBatch] = []  # cell files are small: write row groups of ≥ 64k rows
     pending_rows = 0
+    claims: dict[str, list[tuple[str, str]]] = {}  # file -> (column, value) its path claims
+    wrong: dict[str, list[str]] = {}  # file -> how its rows contradict its path
     with atomic_path(output) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for tagged in _scan(files, schema):
@@ -223,6 +224,13 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
                 if batch.num_rows == 0:
                     continue
                 path = tagged.fragment.path
+                if path not in claims:
+                    claims[path] = [(name, text) for name, text in path_identity(path).items()
+                                    if name in batch.schema.names]
+                for name, text in claims[path]:
+                    found = _mismatch(batch.column(name), text)
+                    if found is not None:
+                        wrong.setdefault(path, []).append(f"{name}={found} in its rows, {name}={text} in its path")
                 ids = batch.column("cell_id")
                 if ids.null_count:
                     raise InputError("cell_id", None, f"a cell id in every row (empty in {path})")
@@ -238,6 +246,13 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
                     pending, pending_rows = [], 0
             if pending:
                 writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=_ROW_GROUP)
+        if wrong:
+            lines = [f"{path}: {'; '.join(why)}" for path, why in list(wrong.items())[:_MAX_NAMED]]
+            more = f" (and {len(wrong) - _MAX_NAMED} more files)" if len(wrong) > _MAX_NAMED else ""
+            raise InputError(f"{kind} cell files", " | ".join(lines) + more,
+                             "files whose rows hold the parameters their path names (key=value "
+                             "folders, results/cells/<study>/<param>=<value>/…): a file moved or "
+                             "copied to another cell's place; remove it and rerun")
         if duplicates:
             lines = [f"cell {cid} in {', '.join(sorted(paths))}"
                      for cid, paths in list(duplicates.items())[:_MAX_NAMED]]
@@ -245,6 +260,49 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
             raise InputError("cell_id", " | ".join(lines) + more,
                              "each cell in exactly one file (remove the stale copies)")
     return {"kind": kind, "files": len(files), "rows": rows, "cells": len(owner)}
+
+
+#: Parameters a cell path's ``name=value`` folders may claim and the rows must hold (grid.py
+#: PATH_ORDER).  Left out: batch_size, eval_size, steps, checkpoints and inits, which a cell may
+#: record as what it really used rather than what its path asked for.
+IDENTITY_COLUMNS = ("dataset", "preprocess", "loss", "n_inputs", "activation", "noise", "noise_var",
+                    "dropout_input", "init", "optimizer", "lr", "width", "depth", "sigma_w2",
+                    "sigma_b2", "keep_rate", "seed")
+
+
+def path_identity(path: str | os.PathLike) -> dict[str, str]:
+    """The ``name=value`` claims of a cell file's path (folders and file stem), for the
+    parameters in ``IDENTITY_COLUMNS``; ``results/cells/s/depth=3/seed=0.parquet`` gives
+    {depth: 3, seed: 0}.  Paths without such segments claim nothing."""
+    parts = list(Path(path).parts)
+    if parts and parts[-1].endswith(".parquet"):
+        parts[-1] = parts[-1][: -len(".parquet")]
+    claims = {}
+    for part in parts:
+        name, sep, text = part.partition("=")
+        if sep and name in IDENTITY_COLUMNS:
+            claims[name] = text
+    return claims
+
+
+def _canonical(value) -> str:
+    from mfpipe.values import format_number
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    return str(value)
+
+
+def _mismatch(column, text: str):
+    """None when every value of ``column`` is spelled ``text`` (canonical numbers), else the
+    offending values as text."""
+    values = pc.unique(column).to_pylist()
+    bad = [v for v in values if v is None or _canonical(v) != text]
+    if not bad:
+        return None
+    return ",".join("null" if v is None else _canonical(v) for v in bad[:3])
 
 
 def _scan(files: list[Path], schema: pa.Schema, chunk: int = 2048):

@@ -112,7 +112,20 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    return Path(data_dir) if data_dir not in (None, "") else default_data_dir()
+    """The data directory (``data_dir``, else $MFPIPE_DATA_DIR, else ./data).
+
+    Raises ``InputError`` naming --data-dir (or MFPIPE_DATA_DIR) when it, or a folder above it,
+    is an existing file: it can be neither read from nor written to."""
+    given = data_dir not in (None, "")
+    path = Path(data_dir) if given else default_data_dir()
+    field = "--data-dir" if given or not os.environ.get("MFPIPE_DATA_DIR") else "MFPIPE_DATA_DIR"
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"lies under the file {folder}"
+                raise InputError(field, str(path), f"a directory (this path {what})")
+            break
+    return path
 
 
 def cache_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -141,7 +154,7 @@ def load_raw(name: str, data_dir: str | os.PathLike | None = None, *, download: 
     raw = _build_raw(name, resolve_data_dir(data_dir), download=download)
     from mfpipe.store import atomic_path  # lazy: pyarrow is not needed to read a cache
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, "--data-dir") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **raw)
     return raw
@@ -297,7 +310,7 @@ def seed_fashion_mnist_from_debian(data_dir: Path, source_dirs=None) -> bool:
         from mfpipe.store import atomic_path
 
         for stem, path in found.items():
-            with atomic_path(folder / stem) as tmp:
+            with atomic_path(folder / stem, "--data-dir") as tmp:
                 opener = gzip.open if path.suffix == ".gz" else open
                 with opener(path, "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
