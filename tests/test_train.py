@@ -92,25 +92,35 @@ def test_param_specs_are_machine_readable(capsys):
 
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
 def test_optimizers_follow_torch_optim(name):
+    """The stacked optimizer (3 members, each its own lr) follows torch.optim member by member."""
     import torch
 
-    from mfpipe.train import Optimizer
+    from mfpipe.train import StackedOptimizer
 
     torch.manual_seed(0)
-    ours = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True), torch.randn(4, dtype=torch.float64, requires_grad=True)]
-    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
-    opt_ours = Optimizer(name, ours, 0.01)
-    opt_theirs = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.01),
-                  "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, eps=1e-10),
-                  "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[name](theirs)
+    lrs = [0.01, 0.003, 0.05]
+    ours = [torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True),
+            torch.randn(3, 4, dtype=torch.float64, requires_grad=True)]
+    theirs = [[p[k].detach().clone().requires_grad_(True) for p in ours] for k in range(3)]
+    opt_ours = StackedOptimizer(name, ours, torch.tensor(lrs, dtype=torch.float64))
+    make = {"sgd": lambda ps, lr: torch.optim.SGD(ps, lr=lr),
+            "rmsprop": lambda ps, lr: torch.optim.RMSprop(ps, lr=lr, alpha=0.9, eps=1e-10),
+            "adam": lambda ps, lr: torch.optim.Adam(ps, lr=lr)}[name]
+    opt_theirs = [make(theirs[k], lrs[k]) for k in range(3)]
     x = torch.randn(8, 4, dtype=torch.float64)
+    loss = lambda w, b: (torch.tanh(x @ w.T + w.sum()) * b.sum()).pow(2).sum()  # noqa: E731
     for _ in range(6):
-        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
-            opt.zero_grad()
-            (torch.tanh(x @ params[0].T + params[0].sum()) * params[1].sum()).pow(2).sum().backward()
-            opt.step()
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        opt_ours.zero_grad()
+        sum(loss(ours[0][k], ours[1][k]) for k in range(3)).backward()
+        opt_ours.step()
+        for k in range(3):
+            opt_theirs[k].zero_grad()
+            loss(*theirs[k]).backward()
+            opt_theirs[k].step()
+    for k in range(3):
+        for a, b in zip(ours, theirs[k]):
+            torch.testing.assert_close(a[k], b, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(ours[0][0], ours[0][1])
 
 
 def test_estimated_cost_scales_with_the_work():

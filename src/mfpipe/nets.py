@@ -78,6 +78,20 @@ def draw_weight(shape: tuple[int, int], sigma_w2: float, init: str, generator: t
     return w
 
 
+def draw_parameters(layer_dims, seed: int, sigma_w2: float, sigma_b2: float, init: str = "gaussian",
+                    draw_device: str | torch.device = "cpu"):
+    """The mean-field initialisation of a network, layer by layer: yields (W (out, in), b (out,))
+    in float64 for each ``(out, in)`` of ``layer_dims``, drawn from one generator seeded with
+    ``seed`` in this order (W^0, b^0, W^1, b^1, …).  ``DropoutMLP.initialize`` and the stacked
+    training engine (``mfpipe.train``) both draw through here, so a seed is one network."""
+    gen = torch.Generator(device=draw_device).manual_seed(int(seed))
+    for shape in layer_dims:
+        w = draw_weight(tuple(shape), sigma_w2, init, gen)
+        b = torch.empty(shape[0], dtype=torch.float64, device=gen.device).normal_(
+            0.0, math.sqrt(sigma_b2), generator=gen)
+        yield w, b
+
+
 class DropoutMLP(torch.nn.Module):
     """Fully connected network of ``depth`` weight layers, ``width`` hidden units (see module doc)."""
 
@@ -116,11 +130,10 @@ class DropoutMLP(torch.nn.Module):
         Numbers are drawn in float64 on ``draw_device`` (default the CPU, so a seed gives the same
         network on every machine; gradient cells draw on their GPU, where the CPU would dominate).
         """
-        gen = torch.Generator(device=draw_device).manual_seed(int(seed))
-        for w, b in zip(self.weights, self.biases):
-            w.copy_(draw_weight(tuple(w.shape), sigma_w2, init, gen))
-            b.copy_(torch.empty(b.shape, dtype=torch.float64, device=gen.device)
-                    .normal_(0.0, math.sqrt(sigma_b2), generator=gen))
+        layers = draw_parameters(self.layer_dims(), seed, sigma_w2, sigma_b2, init, draw_device)
+        for w, b, (w_value, b_value) in zip(self.weights, self.biases, layers):
+            w.copy_(w_value)
+            b.copy_(b_value)
         return self
 
     def noise_factor(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
