@@ -287,8 +287,7 @@ class _Noise:
         self.noisy = [_noisy(p) for p in param_list]
         self.generators = [torch.Generator(device=device).manual_seed(cells.derive_seed(p["seed"], 2))
                            if noisy else None for p, noisy in zip(param_list, self.noisy)]
-        per_step = (depth - 1) * batch * width + (batch * n_in if p0["dropout_input"] else 0)
-        self.T = max(1, min(NOISE_BLOCK_STEPS, NOISE_BLOCK // max(per_step, 1)))
+        self.T = noise_block_steps(depth, batch, width, n_in, p0["dropout_input"])
         K = len(param_list)
         self.hid_shape = (self.T, depth - 1, batch, width) if depth >= 2 else None
         self.in_shape = (self.T, batch, n_in) if p0["dropout_input"] else None
@@ -350,6 +349,13 @@ class _Noise:
         return any(self.noisy)
 
 
+def noise_block_steps(depth: int, batch: int, width: int, n_in: int, dropout_input: bool) -> int:
+    """Steps of noise a member draws at once (one draw per member per block): a function of the
+    shared shape only, so that a member's noise stream does not depend on its bundle."""
+    per_step = (depth - 1) * batch * width + (batch * n_in if dropout_input else 0)
+    return max(1, min(NOISE_BLOCK_STEPS, NOISE_BLOCK // max(per_step, 1)))
+
+
 def _noisy(p: dict) -> bool:
     return (p["noise"] == "dropout" and p["keep_rate"] < 1.0) or (
         p["noise"] in ("gaussian", "additive") and p["noise_var"] > 0.0)
@@ -390,50 +396,78 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Bundle:
+    """The training state of a bundle: stacked network, optimizer, noise and minibatch streams
+    of the members still training (``live``: member index of each stacked slot)."""
+
+    def __init__(self, param_list: list[dict], data: dict, dev):
+        p0 = param_list[0]
+        self.dev, self.data = dev, data
+        self.n_train, self.n_in, self.n_classes = len(data["x_train"]), data["n_features"], data["n_classes"]
+        self.batch = min(p0["batch_size"], self.n_train)
+        self.net = StackedMLP(param_list, self.n_in, self.n_classes, dev)
+        lr = torch.tensor([p["lr"] for p in param_list], dtype=torch.float64).to(torch.float32).to(dev)
+        self.optimizer = StackedOptimizer(p0["optimizer"], self.net.params, lr)
+        noise = _Noise(param_list, p0["depth"], self.batch, p0["width"], self.n_in, dev)
+        self.noise = noise if noise.any else None
+        self.batch_gens = [torch.Generator().manual_seed(cells.derive_seed(p["seed"], 3)) for p in param_list]
+        self.perms, self.pos = None, self.n_train
+        self.live = list(range(len(param_list)))
+        self.grad_rows = None
+
+    def step(self):
+        """One training step of every live member; returns (loss rows (K·B,), logits (K, B, C),
+        labels (K·B,))."""
+        K, batch, n_train = len(self.live), self.batch, self.n_train
+        if self.pos + batch > n_train:
+            self.perms = torch.stack([torch.randperm(n_train, generator=g) for g in self.batch_gens]).to(self.dev)
+            self.pos = 0
+        idx = self.perms[:, self.pos:self.pos + batch].reshape(-1)
+        self.pos += batch
+        xb = self.data["x_train"].index_select(0, idx).view(K, batch, self.n_in)
+        yb = self.data["y_train"].index_select(0, idx)
+        logits = self.net.forward(xb, self.noise.step() if self.noise is not None else None)
+        rows = F.cross_entropy(logits.view(K * batch, self.n_classes), yb, reduction="none")
+        if self.grad_rows is None:
+            self.grad_rows = torch.full((K * batch,), 1.0 / batch, device=self.dev)
+        rows.backward(self.grad_rows)  # d(Σ_k mean_b loss_kb): each member's own mean-loss gradient
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return rows, logits, yb
+
+    def drop(self, members: set[int]) -> None:
+        """Remove members from the bundle (every stacked tensor, state and stream)."""
+        keep_slots = [s for s, m in enumerate(self.live) if m not in members]
+        keep = torch.tensor(keep_slots, dtype=torch.long, device=self.dev)
+        self.live = [self.live[s] for s in keep_slots]
+        self.net.compact(keep)
+        self.optimizer.compact(keep, self.net.params)
+        if self.perms is not None:
+            self.perms = self.perms.index_select(0, keep)
+        self.batch_gens = [self.batch_gens[s] for s in keep_slots]
+        self.grad_rows = None
+        if self.noise is not None:
+            self.noise.compact(keep, keep_slots)
+            if not self.noise.any:
+                self.noise = None
+
+
 def _train(param_list: list[dict], identities: list[str], data: dict, dev, progress: bool) -> dict:
     """Train the bundle ``param_list`` (completed params sharing a bundle key) on ``data``;
     return the rows of each member and the bundle's time split."""
     t_start = time.perf_counter()
     p0 = param_list[0]
     K0 = len(param_list)
-    x_train, y_train = data["x_train"], data["y_train"]
-    n_train, n_in, n_classes = len(x_train), data["n_features"], data["n_classes"]
-    batch = min(p0["batch_size"], n_train)
-    chance = 1.0 / n_classes
+    chance = 1.0 / data["n_classes"]
+    bundle = _Bundle(param_list, data, dev)
+    batch = bundle.batch
 
-    net = StackedMLP(param_list, n_in, n_classes, dev)
-    lr = torch.tensor([p["lr"] for p in param_list], dtype=torch.float64).to(torch.float32).to(dev)
-    optimizer = StackedOptimizer(p0["optimizer"], net.params, lr)
-    noise = _Noise(param_list, p0["depth"], batch, p0["width"], n_in, dev)
-    if not noise.any:
-        noise = None
-    batch_gens = [torch.Generator().manual_seed(cells.derive_seed(p["seed"], 3)) for p in param_list]
-    perms, pos = None, n_train
-
-    live = list(range(K0))  # member index of each stacked slot
     records = [[] for _ in range(K0)]
     diverged_step: list[int | None] = [None] * K0
     steps_since = [0] * K0
-    grad_rows = None
     last = None  # (rows (K, B), logits (K, B, C), y (K, B), live) of the checkpoint step
     train_time = eval_time = interval_time = 0.0
     step = 0
-
-    def compact(drop: set[int]) -> None:
-        nonlocal live, perms, grad_rows, noise
-        keep_slots = [s for s, m in enumerate(live) if m not in drop]
-        keep = torch.tensor(keep_slots, dtype=torch.long, device=dev)
-        live = [live[s] for s in keep_slots]
-        net.compact(keep)
-        optimizer.compact(keep, net.params)
-        if perms is not None:
-            perms = perms.index_select(0, keep)
-        batch_gens[:] = [batch_gens[s] for s in keep_slots]
-        grad_rows = None
-        if noise is not None:
-            noise.compact(keep, keep_slots)
-            if not noise.any:
-                noise = None
 
     if progress:
         what = identities[0] if K0 == 1 else f"bundle of {K0} ({identities[0]}, …)"
@@ -441,22 +475,10 @@ def _train(param_list: list[dict], identities: list[str], data: dict, dev, progr
 
     for checkpoint in p0["checkpoints"]:
         t0 = time.perf_counter()
-        while step < checkpoint and live:
+        while step < checkpoint and bundle.live:
+            live = bundle.live
             K = len(live)
-            if pos + batch > n_train:
-                perms = torch.stack([torch.randperm(n_train, generator=g) for g in batch_gens]).to(dev)
-                pos = 0
-            idx = perms[:, pos:pos + batch].reshape(-1)
-            pos += batch
-            xb = x_train.index_select(0, idx).view(K, batch, n_in)
-            yb = y_train.index_select(0, idx)
-            logits = net.forward(xb, noise.step() if noise is not None else None)
-            rows = F.cross_entropy(logits.view(K * batch, n_classes), yb, reduction="none")
-            if grad_rows is None:
-                grad_rows = torch.full((K * batch,), 1.0 / batch, device=dev)
-            rows.backward(grad_rows)  # d(Σ_k mean_b loss_kb): each member's own mean-loss gradient
-            optimizer.step()
-            optimizer.zero_grad()
+            rows, logits, yb = bundle.step()
             step += 1
             for m in live:
                 steps_since[m] += 1
@@ -468,7 +490,7 @@ def _train(param_list: list[dict], identities: list[str], data: dict, dev, progr
                 for m in bad:
                     diverged_step[m] = step
                 if bad:
-                    compact(bad)
+                    bundle.drop(bad)
         _sync(dev)
         elapsed = time.perf_counter() - t0
         train_time += elapsed
@@ -476,7 +498,7 @@ def _train(param_list: list[dict], identities: list[str], data: dict, dev, progr
 
         t0 = time.perf_counter()
         batch_metrics = {}
-        if live and last is not None and step == checkpoint:
+        if bundle.live and last is not None and step == checkpoint:
             rows, logits, yb, slots = last
             sums = _member_sums(rows)
             hits = (logits.argmax(dim=2) == yb).sum(dim=1).tolist()
@@ -486,20 +508,20 @@ def _train(param_list: list[dict], identities: list[str], data: dict, dev, progr
                     if not math.isfinite(sums[s]):
                         diverged_step[m] = step
         last = None
-        bad = {m for m in live if diverged_step[m] is not None}
+        bad = {m for m in bundle.live if diverged_step[m] is not None}
         if bad:
-            compact(bad)
+            bundle.drop(bad)
         evals = {}
-        if live:
-            train_loss, train_acc = _evaluate(net, data["x_eval"], data["y_eval"])
-            test_loss, test_acc = _evaluate(net, data["x_test"], data["y_test"])
-            for s, m in enumerate(live):
+        if bundle.live:
+            train_loss, train_acc = _evaluate(bundle.net, data["x_eval"], data["y_eval"])
+            test_loss, test_acc = _evaluate(bundle.net, data["x_test"], data["y_test"])
+            for s, m in enumerate(bundle.live):
                 evals[m] = (train_loss[s], train_acc[s], test_loss[s], test_acc[s])
                 if not (math.isfinite(train_loss[s]) and math.isfinite(test_loss[s])):
                     diverged_step[m] = step
-            bad = {m for m in live if diverged_step[m] is not None}
+            bad = {m for m in bundle.live if diverged_step[m] is not None}
             if bad:
-                compact(bad)
+                bundle.drop(bad)
         for m in range(K0):
             if diverged_step[m] is None:
                 train_loss_m, train_acc_m, test_loss_m, test_acc_m = evals[m]
