@@ -32,3 +32,33 @@ def test_zero_or_negative_threads_are_refused(threads, tmp_path, capsys):
     assert code == 2
     assert "threads" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("output,needle", [("x.txt", "a path ending in .parquet or .csv"),
+                                           ("afile/x.parquet", "is a file")])
+def test_a_bad_output_is_refused_before_training(output, needle, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    code = main(["train-cell", "--dataset", "digits", "--width", "4", "--depth", "2",
+                 "--steps", "2", "--batch-size", "8", "--eval-size", "8",
+                 "-o", str(tmp_path / output)])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err, err
+    assert "training" not in err  # refused before any step ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_network_too_big_for_memory_is_refused_with_its_size(capsys, tmp_path):
+    code = main(["train-cell", "--dataset", "digits", "--width", "100000", "--depth", "50",
+                 "-o", str(tmp_path / "big.parquet")])
+    err = capsys.readouterr().err
+    assert code == 2 and "width/depth" in err and "GB" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_bundles_are_cut_to_fit_the_memory_budget():
+    group = [({"dataset": "digits", "width": 64, "depth": 4, "seed": s}, f"{s}.parquet")
+             for s in range(5)]
+    one = cells.estimated_cost("train", group[0][0])["peak_bytes"]
+    sizes = [len(c) for c in cells.memory_chunks("train", group, None, budget=2 * one)]
+    assert sizes == [2, 2, 1]
+    assert [len(c) for c in cells.memory_chunks("train", group, 4, budget=10**12)] == [4, 1]

@@ -94,7 +94,20 @@ PARAMS = {"train": TRAIN_PARAMS, "grad": GRAD_PARAMS}
 
 #: Bump a kind's number with any code change that changes that kind's results (numbers, rows,
 #: columns): the workflow (mfpipe.grid.engine_versions) then reruns every cell of that kind.
-ENGINE_VERSIONS = {"train": 1, "grad": 1}
+ENGINE_VERSIONS = {"train": 2, "grad": 1}
+
+#: Member parameters: cells that differ only in these train together as one bundle (stacked
+#: weights, one operation per layer for all; see mfpipe.train).  Everything else — dataset,
+#: shape, activation, noise kind, optimizer, batch size, steps, checkpoints, … — is shared.
+MEMBER_PARAMS = ("sigma_w2", "sigma_b2", "init", "keep_rate", "noise_var", "lr", "seed")
+
+
+def bundle_key(kind: str, params: dict) -> str:
+    """What the cells of one bundle share: the completed parameters (lr resolved) less
+    ``MEMBER_PARAMS``, as canonical JSON (hashable, printable)."""
+    full = complete_params(kind, params)
+    shared = {k: v for k, v in full.items() if k not in MEMBER_PARAMS}
+    return json.dumps({"kind": kind, **shared}, sort_keys=True, separators=(",", ":"))
 
 
 def param_specs(kind: str) -> dict[str, dict]:
@@ -310,13 +323,26 @@ def read_cells_file(path: str) -> list[dict]:
     return cells
 
 
-def run_cells_cli(args, kind: str, run_cell) -> int:
-    """Shared `train-cell` / `grad-cell` driver: one cell from flags, or many from --cells-file."""
+def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
+    """Shared `train-cell` / `grad-cell` driver: one cell from flags, or many from --cells-file.
+
+    With ``run_bundle`` (training), the cells of a --cells-file are grouped by ``bundle_key``
+    (in order of first appearance) and each group is trained in chunks of at most
+    ``--bundle-size`` cells (default: the whole group) by ``run_bundle(params_list, outputs,
+    device=, data_dir=)``; without it, cell by cell.  ``--skip-existing`` skips a cell only when
+    its output exists and holds that cell: same ``cell_id`` and engine version
+    (``stored_identity_matches``); any other output is retrained.
+    """
     if args.print_params:
         print(specs_json(kind))
         return 0
+    from mfpipe.store import check_output
+
     base = params_from_args(args, kind)
     configure_threads(args.threads)
+    bundle_size = getattr(args, "bundle_size", None)
+    if bundle_size is not None and int(bundle_size) < 1:
+        raise InputError("bundle-size", bundle_size, "an integer ≥ 1")
     if args.cells_file:
         cells = read_cells_file(args.cells_file)
         jobs = []
@@ -325,17 +351,102 @@ def run_cells_cli(args, kind: str, run_cell) -> int:
             output = cell.pop("output")
             jobs.append(({**base, **cell}, output))
             complete_params(kind, jobs[-1][0])
-        for params, output in jobs:
-            if args.skip_existing and os.path.exists(output):
-                continue
-            run_cell(params, output, device=args.device, data_dir=args.data_dir)
+        budget = memory_budget(args.device)
+        for i, (params, output) in enumerate(jobs):  # before any work: outputs and sizes
+            check_output(output, f"cells-file entry {i} output")
+            check_memory(kind, [params], budget)
+        if args.skip_existing:
+            jobs = [(params, output) for params, output in jobs
+                    if not stored_identity_matches(kind, params, output)]
+        if run_bundle is None:
+            for params, output in jobs:
+                run_cell(params, output, device=args.device, data_dir=args.data_dir)
+        else:
+            groups: dict[str, list] = {}
+            for params, output in jobs:
+                groups.setdefault(bundle_key(kind, params), []).append((params, output))
+            cap = int(bundle_size) if bundle_size is not None else None
+            for group in groups.values():
+                for chunk in memory_chunks(kind, group, cap, budget):
+                    run_bundle([p for p, _ in chunk], [o for _, o in chunk],
+                               device=args.device, data_dir=args.data_dir)
         fast_exit_if_entry_point()
         return 0
     if not args.output:
         raise InputError("output", None, "a path ending in .parquet or .csv (-o/--output)")
+    check_output(args.output, "output")
+    check_memory(kind, [base], memory_budget(args.device))
     run_cell(base, args.output, device=args.device, data_dir=args.data_dir)
     fast_exit_if_entry_point()
     return 0
+
+
+def memory_budget(device: str) -> int:
+    """Bytes one process may plan to use on ``device``: half the GPU's free memory (CUDA) or
+    half of this machine's available memory (CPU), leaving room for the framework and caches."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(dev)
+        return int(free) // 2
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: line.split()[1] for line in fh}
+        return int(info["MemAvailable"]) * 1024 // 2
+    except (OSError, KeyError, IndexError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def check_memory(kind: str, params_list: list[dict], budget: int) -> None:
+    """Refuse, before any work, cells whose estimated memory exceeds ``budget`` bytes."""
+    need = sum(estimated_cost(kind, params)["peak_bytes"] for params in params_list)
+    if need > budget:
+        p = complete_params(kind, params_list[0])
+        raise InputError("width/depth", f"width {p['width']}, depth {p['depth']}",
+                         f"a network that fits in memory: this cell needs about "
+                         f"{need / 1e9:.3g} GB, the device has {budget / 1e9:.3g} GB to spare")
+
+
+def memory_chunks(kind: str, group: list, cap: int | None, budget: int):
+    """Consecutive chunks of ``group`` ((params, output) pairs) of at most ``cap`` cells whose
+    summed memory estimate fits ``budget``: what one stacked bundle may hold."""
+    chunk, used = [], 0
+    for params, output in group:
+        need = estimated_cost(kind, params)["peak_bytes"]
+        if chunk and ((cap is not None and len(chunk) >= cap) or used + need > budget):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append((params, output))
+        used += need
+    if chunk:
+        yield chunk
+
+
+def stored_identity_matches(kind: str, params: dict, output) -> bool:
+    """Whether ``output`` exists and holds the cell ``params`` as this code computes it: its
+    ``cell_id`` column is the cell's id and its ``engine_version`` column (rows written before
+    that column existed count as version 1) is ``ENGINE_VERSIONS[kind]``.  Unreadable → False."""
+    if not os.path.exists(output):
+        return False
+    _, identity = cell_identity(kind, params)
+    try:
+        if str(output).endswith(".csv"):
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(output)
+        else:
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(output).names
+            table = pq.read_table(output, columns=[c for c in ("cell_id", "engine_version") if c in names])
+    except Exception:  # noqa: BLE001 - a damaged file is simply not a finished cell
+        return False
+    if "cell_id" not in table.column_names or table.num_rows == 0:
+        return False
+    ids = {str(v) for v in table.column("cell_id").to_pylist()}
+    versions = set(table.column("engine_version").to_pylist()) if "engine_version" in table.column_names else {1}
+    return ids == {identity} and versions == {ENGINE_VERSIONS[kind]}
 
 
 def fast_exit_if_entry_point() -> None:
