@@ -61,9 +61,12 @@ def atomic_path(path: str | os.PathLike, field: str = "output") -> Iterator[Path
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise _unwritable(path, field, err) from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # name the directory, not the temporary file
+        raise _unwritable(path, field, OSError(err.errno, err.strerror, str(path.parent))) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -104,7 +107,7 @@ def check_output(path: str | os.PathLike, field: str = "output",
     try:
         fd, probe = tempfile.mkstemp(prefix=".mfpipe-write-check.", dir=parent)
     except OSError as err:
-        raise _unwritable(out, field, err) from None
+        raise _unwritable(out, field, OSError(err.errno, err.strerror, str(parent))) from None
     os.close(fd)
     os.unlink(probe)
     return out
