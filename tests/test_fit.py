@@ -323,3 +323,15 @@ def test_cli_max_loss_is_checked(tmp_path, capsys):
     assert main(["fit", str(src), "-o", str(tmp_path / "fit.parquet"), "--max-loss", "inf",
                  "--bootstrap", "0"]) == 0
     assert "never trainable" in (tmp_path / "fit.md").read_text()
+
+
+def test_an_unwritable_fit_output_is_refused_before_fitting(tmp_path, capsys):
+    from mfpipe.cli import main
+
+    table = tmp_path / "t.csv"
+    synthetic(n=6.0, seeds=1, depths=range(10, 60, 10)).to_csv(table, index=False)
+    (tmp_path / "afile").write_text("")
+    assert main(["fit", str(table), "-o", str(tmp_path / "afile" / "fit.parquet")]) == 2
+    assert "output" in capsys.readouterr().err
+    assert main(["fit", str(table), "-o", str(tmp_path / "fit.txt")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "t.csv"]

@@ -270,3 +270,56 @@ def test_sizes_beyond_the_training_split_are_refused_up_front(name):
                                           r"mnist5k's training split"):
         build_studies({"studies": {"s": study({"depth": [2, 3], "dataset": "mnist5k"},
                                               {name: 5000})}})
+
+
+def bundles_of(config, name="s"):
+    return build_studies(config)[name]
+
+
+def test_cells_form_bundles_over_the_trailing_member_axes():
+    st = bundles_of({"studies": {"s": study(
+        {"depth": [2, 4], "sigma_w2": [1, 2, 3], "keep_rate": [1, 0.9], "seed": [0, 1]},
+        {"steps": 10})}})
+    assert len(st.bundles) == 2 and st.unbundled == []  # one bundle per depth
+    assert [len(b.cells) for b in st.bundles] == [12, 12] and len(st.layouts) == 1
+    b = st.bundles[1]
+    assert b.prefix == "dataset=mnist5k/depth=4"
+    assert b.stamp == "results/bundles/s/dataset=mnist5k/depth=4/layout0.json"
+    assert {c.params["depth"] for c in b.cells} == {4}
+    # what a bundle job reconstructs from its flags and each member's path is that cell
+    parser = argparse.ArgumentParser()
+    cellmod.add_common_arguments(parser, "train")
+    shared = cellmod.params_from_args(parser.parse_args(b.args.split()), "train")
+    for cell in b.cells:
+        assert "--sigma-w2" not in b.args and "--seed" not in b.args
+        assert cellmod.complete_params("train", {**shared, **cellmod.params_from_path(
+            "train", cell.path)}) == cell.params
+    # a bundle costs its members' FLOPs but one latency floor
+    assert b.seconds < sum(c.seconds for c in b.cells)
+
+
+def test_bundle_size_and_memory_cut_bundles_and_a_size_of_one_is_one_job_per_cell():
+    config = {"studies": {"s": study({"depth": [2, 4], "sigma_w2": [1, 2, 3], "seed": [0, 1, 2]},
+                                     {"steps": 10})}}
+    assert [len(b.cells) for b in bundles_of(config).bundles] == [9, 9]
+    config["resources"] = {"bundle_size": 4}
+    st = bundles_of(config)
+    assert [len(b.cells) for b in st.bundles] == [3, 3, 3, 3, 3, 3]  # balanced, ≤ 4
+    assert len(st.layouts) == 3
+    config["resources"] = {"bundle_size": 1}
+    st = bundles_of(config)
+    assert st.bundles == [] and len(st.unbundled) == 18
+    one = st.cells[0].mem_mb - 4000
+    config["resources"] = {"bundle_mem_mb": 4000 + 2 * one}  # two members' memory
+    assert {len(b.cells) for b in bundles_of(config).bundles} == {2, 1} - {1}
+
+
+def test_cells_without_trailing_member_axes_and_extra_cells_are_one_job_each():
+    st = bundles_of({"studies": {"s": study({"depth": [2, 4, 8]}, {"steps": 10})}})
+    assert st.bundles == [] and len(st.unbundled) == 3
+    st = bundles_of({"studies": {"s": study({"depth": [2, 4], "seed": [0, 1]}, {"steps": 10},
+                                            extra=[{"depth": 16, "seed": 5}])}})
+    assert len(st.bundles) == 2 and [c.key for c in st.unbundled] == [
+        "dataset=mnist5k/depth=16/seed=5"]
+    grad = bundles_of({"studies": {"s": study({"depth": 3, "seed": [0, 1]}, kind="grad")}})
+    assert grad.bundles == []

@@ -157,13 +157,19 @@ def test_slurm_profile_dry_run_without_slurm_installed(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
-    assert int(stats.get("train_cell", 0)) > 0 and int(stats.get("grad_cell", 0)) > 0, output[-3000:]
+    assert int(stats.get("train_bundle_0", 0)) > 0 and int(stats.get("grad_cell", 0)) > 0, output[-3000:]
 
     estimates = cell_estimates(config)
-    cell_jobs = [job for job in dry_run_jobs(output) if job["rule"] in ("train_cell", "grad_cell")]
-    assert len(cell_jobs) == int(stats["train_cell"]) + int(stats["grad_cell"])
-    for job in cell_jobs:
-        runtime, mem_mb = estimates[job["output"]]
+    bundles = bundle_estimates(config)
+    jobs = dry_run_jobs(output)
+    cell_jobs = [job for job in jobs if job["rule"] == "grad_cell"]
+    bundle_jobs = [job for job in jobs if job["rule"].startswith("train_bundle_")]
+    assert len(cell_jobs) == int(stats["grad_cell"]) and len(bundle_jobs) == len(bundles)
+    for job in cell_jobs + bundle_jobs:
+        outputs = [o.replace("(update)", "").strip() for o in job["output"].split(",")]
+        outputs = [o for o in outputs if o.endswith(".parquet")]
+        runtime, mem_mb = (estimates[outputs[0]] if len(outputs) == 1
+                           else bundles[tuple(sorted(outputs))])
         resources = job["resources"]
         assert resources.get("gpu") == "1", job
         assert resources.get("mem_mb") == str(mem_mb), job
@@ -328,6 +334,19 @@ def cell_estimates(config_path: Path) -> dict[str, tuple[int, int]]:
             for study in build_studies(config).values() for cell in study.cells}
 
 
+def bundle_estimates(config_path: Path) -> dict[tuple[str, ...], tuple[int, int]]:
+    """Member paths of each bundle -> (runtime minutes at attempt 1, mem_mb) of its job."""
+    import yaml
+
+    from mfpipe.grid import build_studies, resources_of, runtime_minutes
+
+    config = yaml.safe_load(config_path.read_text())
+    resources = resources_of(config)
+    return {tuple(sorted(c.path for c in b.cells)): (runtime_minutes(b.seconds, resources, 1),
+                                                     b.mem_mb)
+            for study in build_studies(config).values() for b in study.bundles}
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
@@ -357,10 +376,12 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
         snakemake + ["--slurm-init-seconds-before-status-checks", "2"], tmp_path, env, 420)
     assert returncode == 0, diagnostics(log, tmp_path)
 
-    # Cells went through SLURM, packed CELLS_PER_JOB per job: ceil(6 / 3) = 2 submissions.
+    # Training cells went through SLURM as bundles, one job each (2 depths: 2 bundles of the 2
+    # keep rates), gradient cells packed CELLS_PER_JOB per job: 2 + ceil(2 / 3) = 3 submissions.
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    cells = TRAIN_CELLS + GRAD_CELLS
-    assert len(job_ids) == math.ceil(cells / CELLS_PER_JOB), diagnostics(log, tmp_path)
+    bundles = bundle_estimates(tmp_path / "grid.yaml")
+    assert len(bundles) == 2 and sum(len(m) for m in bundles) == TRAIN_CELLS
+    assert len(job_ids) == len(bundles) + math.ceil(GRAD_CELLS / CELLS_PER_JOB), diagnostics(log, tmp_path)
     slurm_jobs, slurm_logs = {}, {}
     for job_id in job_ids:
         job = slurm_jobs[job_id] = scontrol_job(job_id, env)  # kept for MinJobAge after the end
@@ -384,8 +405,13 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
         cells_of_job[ran_in[0]].append(path)
     for job_id, paths in cells_of_job.items():
         job = slurm_jobs[job_id]
-        assert minutes(job["TimeLimit"]) == sum(estimates[path][0] for path in paths), (paths, job)
-        assert job["MinMemoryNode"] == f"{max(estimates[path][1] for path in paths)}M", job
+        if tuple(sorted(paths)) in bundles:  # a bundle: its own estimate (one shared floor)
+            runtime, mem_mb = bundles[tuple(sorted(paths))]
+        else:  # a group of cell jobs: the sum of their times, the largest memory
+            runtime = sum(estimates[path][0] for path in paths)
+            mem_mb = max(estimates[path][1] for path in paths)
+        assert minutes(job["TimeLimit"]) == runtime, (paths, job)
+        assert job["MinMemoryNode"] == f"{mem_mb}M", job
     assert not any("aggregate" in text for text in slurm_logs.values())
     assert re.search(r"localrule aggregate_cells", log)
     # no warm worker server on the submit host (a login node) for its few local jobs

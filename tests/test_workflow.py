@@ -90,6 +90,18 @@ def planned(workdir: Path, *args: str) -> dict[str, int]:
     return counts
 
 
+def training_plan(workdir: Path, *args: str) -> tuple[int, int]:
+    """(training jobs, cells those jobs will really train) that `snakemake -n` shows: a bundle
+    job's resources say cells_to_train=TODO/MEMBERS, a train_cell job trains its one cell."""
+    done = snakemake(workdir, "-n", *args)
+    text = done.stdout + done.stderr
+    if "Nothing to be done" in text:
+        return 0, 0
+    bundles = [int(m.group(1)) for m in re.finditer(r"cells_to_train=(\d+)/\d+", text)]
+    singles = len(re.findall(r"^(?:local)?rule train_cell:", text, re.M))
+    return len(bundles) + singles, sum(bundles) + singles
+
+
 def tiny_config(**train_settings) -> dict:
     settings = {"steps": 5, "batch_size": 16, "eval_size": 50, "lr": 0.01, **train_settings}
     return {
@@ -119,7 +131,9 @@ def set_config(workdir: Path, config: dict) -> None:
 def test_dry_run_of_the_default_config_needs_no_data(tmp_path):
     work = copy_workflow(tmp_path / "wf")
     counts = planned(work)
-    assert counts["train_cell"] == 144 and counts["grad_cell"] == 6
+    # 144 training cells in 6 bundle jobs (one per depth: 6 σ_w² × 2 ρ × 2 seeds each)
+    assert counts["train_bundle_0"] == 6 and "train_cell" not in counts and counts["grad_cell"] == 6
+    assert training_plan(work) == (6, 144)
     assert counts["prepare_data"] == 1  # the data are made by the run, not needed for -n
     assert counts["aggregate_cells"] == 2 and counts["fit"] == 1 and counts["all"] == 1
     assert not (work / "data").exists() and not (work / "results").exists()
@@ -153,6 +167,7 @@ def test_the_universality_figure_is_planned_only_when_a_gradient_study_has_two_i
 def test_jobs_run_data_first_then_theory_and_gradients_then_cells_longest_first(tmp_path):
     config = tiny_config()
     config["studies"]["t"]["grid"]["depth"] = [2, 8, 32]
+    config["resources"] = {"bundle_size": 1}  # one job per cell, as before bundles
     work = copy_workflow(tmp_path / "wf", config)
     jobs = job_priorities(work)
     by_rule = {}
@@ -228,7 +243,8 @@ def test_staleness_reruns_only_affected_cells(tmp_path):
 
         # a deleted cell file: that cell is trained again and its aggregate remade
         cell_files[0].unlink()
-        assert planned(work) == {"train_cell": 1, "aggregate_cells": 1, "all": 1}
+        assert planned(work) == {"train_bundle_0": 1, "aggregate_cells": 1, "all": 1}
+        assert training_plan(work) == (1, 1)  # its bundle job trains that cell alone
         snakemake(work)
         assert cell_files[0].exists() and planned(work) == {}
 
@@ -237,21 +253,22 @@ def test_staleness_reruns_only_affected_cells(tmp_path):
         config["studies"]["t"]["grid"]["sigma_w2"] = [1.5, 2.5]
         set_config(work, config)
         counts = planned(work)
-        assert counts.get("train_cell") == 2 and "grad_cell" not in counts
+        assert training_plan(work) == (2, 2) and "grad_cell" not in counts
 
         # a new seed: only the new cells
         config = tiny_config()
         config["studies"]["t"]["grid"]["seed"] = [0, 1]
         set_config(work, config)
         counts = planned(work)
-        assert counts.get("train_cell") == 4 and "grad_cell" not in counts
+        # the new cells join the existing bundles, which keep their finished members
+        assert training_plan(work) == (2, 4) and "grad_cell" not in counts
 
         # a changed study setting: every cell of that study, none of the other
         set_config(work, tiny_config(steps=6))
         counts = planned(work)
-        assert counts.get("train_cell") == 4 and "grad_cell" not in counts
+        assert training_plan(work) == (2, 4) and "grad_cell" not in counts
         # ... caught by the params trigger (mtime alone would not see it)
-        assert "train_cell" not in planned(work, "--rerun-triggers", "mtime")
+        assert training_plan(work, "--rerun-triggers", "mtime") == (0, 0)
         status = subprocess.run([MFPIPE, "status", "--json", "-d", str(work), "--configfile",
                                  str(work / "config" / "config.yaml")],
                                 capture_output=True, text=True, check=True, cwd=work)
@@ -273,7 +290,7 @@ def test_staleness_reruns_only_affected_cells(tmp_path):
         assert bumped != text
         cells_py.write_text(bumped)
         counts = planned(work)
-        assert counts.get("train_cell") == 4 and "grad_cell" not in counts
+        assert training_plan(work) == (2, 4) and "grad_cell" not in counts
     finally:
         stop_pool(work)
 

@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import socket
+from pathlib import Path
 
 from mfpipe.data import DATASETS, PREPROCESSING
 from mfpipe.errors import InputError
@@ -303,10 +304,33 @@ def add_common_arguments(parser, kind: str) -> None:
                         help="run many cells in this one process: a JSON list (or JSON-lines file) of "
                              "objects with the cell parameters and an 'output' path; flags given on "
                              "the command line are defaults for every cell")
+    parser.add_argument("--outputs", nargs="+", default=None, metavar="PATH",
+                        help="run one cell per output path in this one process (training: as "
+                             "bundles): each path's name=value directories and file name set "
+                             "that cell's parameters over the flags, e.g. "
+                             ".../sigma_w2=1.5/seed=0.parquet (what the workflow's bundle jobs do)")
+    parser.add_argument("--stamp", default=None, metavar="JSON",
+                        help="with --outputs or --cells-file: write a JSON record of the cells "
+                             "(trained, or kept because their stored identity matched) here")
     parser.add_argument("--skip-existing", action="store_true",
                         help="with --cells-file: skip cells whose output file already exists")
     parser.add_argument("--print-params", action="store_true",
                         help="print the parameter specs as JSON and exit")
+
+
+def params_from_path(kind: str, path: str) -> dict:
+    """The parameters a cell path names: its ``name=value`` directories and file name
+    (``.../depth=16/sigma_w2=1.5/seed=0.parquet`` -> depth 16, σ_w² 1.5, seed 0)."""
+    specs = param_specs(kind)
+    params = {}
+    for part in Path(path).with_suffix("").parts:
+        name, sep, value = part.partition("=")
+        if sep and name in specs:
+            params[name] = value
+    if not params:
+        raise InputError("outputs", path, "cell paths with name=value parts, e.g. "
+                                          ".../sigma_w2=1.5/seed=0.parquet")
+    return params
 
 
 def read_cells_file(path: str) -> list[dict]:
@@ -343,8 +367,17 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
     bundle_size = getattr(args, "bundle_size", None)
     if bundle_size is not None and int(bundle_size) < 1:
         raise InputError("bundle-size", bundle_size, "an integer ≥ 1")
-    if args.cells_file:
-        cells = read_cells_file(args.cells_file)
+    if args.stamp is not None and not (args.cells_file or args.outputs):
+        raise InputError("stamp", args.stamp, "only with --outputs or --cells-file")
+    if args.cells_file and args.outputs:
+        raise InputError("outputs", " ".join(args.outputs), "--outputs or --cells-file, not both")
+    if args.stamp is not None:
+        check_output(args.stamp, "stamp", suffixes=(".json",))
+    if args.cells_file or args.outputs:
+        if args.outputs:
+            cells = [{**params_from_path(kind, path), "output": path} for path in args.outputs]
+        else:
+            cells = read_cells_file(args.cells_file)
         jobs = []
         for cell in cells:  # validate everything before running anything
             cell = dict(cell)
@@ -355,9 +388,10 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
         for i, (params, output) in enumerate(jobs):  # before any work: outputs and sizes
             check_output(output, f"cells-file entry {i} output")
             check_memory(kind, [params], budget)
+        kept = []
         if args.skip_existing:
-            jobs = [(params, output) for params, output in jobs
-                    if not stored_identity_matches(kind, params, output)]
+            kept = [output for params, output in jobs if stored_identity_matches(kind, params, output)]
+            jobs = [(params, output) for params, output in jobs if output not in set(kept)]
         if run_bundle is None:
             for params, output in jobs:
                 run_cell(params, output, device=args.device, data_dir=args.data_dir)
@@ -370,6 +404,13 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
                 for chunk in memory_chunks(kind, group, cap, budget):
                     run_bundle([p for p, _ in chunk], [o for _, o in chunk],
                                device=args.device, data_dir=args.data_dir)
+        if args.stamp is not None:
+            from mfpipe.store import atomic_path
+
+            record = {"kind": kind, "engine_version": ENGINE_VERSIONS[kind], "finished_at": utc_now(),
+                      "trained": [str(o) for _, o in jobs], "kept": [str(o) for o in kept]}
+            with atomic_path(args.stamp) as tmp:
+                tmp.write_text(json.dumps(record, indent=1) + "\n")
         fast_exit_if_entry_point()
         return 0
     if not args.output:

@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from mfpipe.errors import InputError
-from mfpipe.store import frame_problems, read_table, write_table_atomic
+from mfpipe.store import check_output, frame_problems, read_table, write_table_atomic
 
 REQUIRED = {
     "dataset": "string", "optimizer": "string", "keep_rate": "number", "sigma_w2": "number",
@@ -165,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    stem = Path(args.output).with_suffix("")
+    outputs = {"output": args.output, "boundaries": args.boundaries or f"{stem}.boundaries.parquet",
+               "cells": args.cells or f"{stem}.cells.parquet",
+               "curves": args.curves or f"{stem}.curves.parquet"}
+    for field, path in outputs.items():  # before any work
+        check_output(path, field)
+    check_output(args.summary or f"{stem}.md", "summary", suffixes=(".md", ".txt"))
     frames = [read_table(path) for path in args.inputs]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frame = apply_filters(frame, args.set_columns, args.exclude, args.where)

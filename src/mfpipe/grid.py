@@ -289,12 +289,44 @@ class Cell:
 
 
 @dataclass
+class Bundle:
+    """Cells of one study trained together as one stacked ensemble by one job.
+
+    The members share a path ``prefix`` (every grid parameter but the trailing member axes:
+    σ_w², σ_b², ρ, seed, …) and differ in their ``suffixes``; the flags ``args`` hold what they
+    share, each member's path gives the rest.  ``layout`` names the job's rule: all bundles of a
+    layout have the same suffixes, so one wildcard rule (``{prefix}``) serves them all.
+    """
+
+    study: str
+    layout: int  # index into Study.layouts
+    prefix: str
+    cells: list[Cell]
+    args: str
+    seconds: float  # estimated: the members' FLOPs plus ONE latency floor (shared launches)
+    mem_mb: int
+
+    @property
+    def stamp(self) -> str:
+        return f"results/bundles/{self.study}/{self.prefix}/layout{self.layout}.json"
+
+
+@dataclass
 class Study:
     name: str
     kind: str
     axes: list[str]  # grid parameters, in path order
     cells: list[Cell] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    bundles: list[Bundle] = field(default_factory=list)
+    layouts: list[tuple[str, ...]] = field(default_factory=list)  # member suffixes per layout
+    n_grid_cells: int = 0  # the first cells are the grid's product, the rest extra cells
+
+    @property
+    def unbundled(self) -> list[Cell]:
+        """Cells trained one per job (extra cells, bundles of one, a bundle size of 1)."""
+        inside = {id(c) for b in self.bundles for c in b.cells}
+        return [c for c in self.cells if id(c) not in inside]
 
 
 DEFAULT_RESOURCES = {
@@ -305,6 +337,8 @@ DEFAULT_RESOURCES = {
     "runtime_safety_factor": 2.0,
     "min_runtime_minutes": 5,
     "mem_mb_base": 4000,
+    "bundle_size": 64,
+    "bundle_mem_mb": 40000,
 }
 
 
@@ -474,6 +508,7 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
             maker.add({a: v for a, (v, _) in zip(axes, combo)}, key)
     except InputError as err:
         return study, [err]
+    study.n_grid_cells = len(study.cells)
 
     for i, extra in enumerate(extra_spec):
         where = f"studies.{name}.extra_cells[{i}]"
@@ -582,6 +617,76 @@ class _CellMaker:
         self.study.cells.append(Cell(self.study.name, self.kind, key, params, args, seconds, mem_mb))
 
 
+def form_bundles(study: Study, resources: dict) -> None:
+    """Group a training study's grid cells into bundles (``Study.bundles``, ``Study.layouts``).
+
+    Members vary only in the study's trailing member axes (the longest tail of its path
+    parameters that are all in ``mfpipe.cells.MEMBER_PARAMS``; seed is always last), so the
+    cells of one path prefix form a group; a group is cut into balanced chunks of at most
+    ``resources.bundle_size`` cells whose summed memory estimate stays within
+    ``resources.bundle_mem_mb``.  Extra cells, a study without trailing member axes and a bundle
+    size of 1 leave cells to one job each (``Study.unbundled``).
+    """
+    from mfpipe.cells import MEMBER_PARAMS  # lazy: mfpipe.cells imports this module
+
+    study.bundles, study.layouts = [], []
+    cap = int(resources["bundle_size"])
+    n_tail = 0
+    for axis in reversed(study.axes):
+        if axis not in MEMBER_PARAMS:
+            break
+        n_tail += 1
+    if study.kind != "train" or cap < 2 or n_tail == 0 or n_tail == len(study.axes):
+        return
+    groups: dict[str, list[Cell]] = {}
+    for cell in study.cells[:study.n_grid_cells]:
+        parts = cell.key.split("/")
+        groups.setdefault("/".join(parts[:-n_tail]), []).append(cell)
+    suffix_of = lambda cell: "/".join(cell.key.split("/")[-n_tail:])  # noqa: E731
+    for cell in study.cells[study.n_grid_cells:]:
+        if cell.key.count("/") >= n_tail and suffix_of(cell) in {suffix_of(c) for c in
+                                                                 next(iter(groups.values()))}:
+            return  # an extra cell the bundle rules would also match: keep one job per cell
+    latency = float(resources["seconds_per_layer_step"])
+    base_mb = int(resources["mem_mb_base"])
+    layout_index: dict[tuple[str, ...], int] = {}
+    index = parameter_index(study.kind)
+    tail_flags = {index[a].flag for a in study.axes[-n_tail:]}
+    for prefix, members in groups.items():
+        if len(members) < 2:
+            continue
+        member_mb = max(c.mem_mb - base_mb for c in members) or 1
+        size = max(1, min(cap, (int(resources["bundle_mem_mb"]) - base_mb) // member_mb))
+        n_chunks = math.ceil(len(members) / size)
+        size = math.ceil(len(members) / n_chunks)  # balanced chunks
+        shared = " ".join(f for f in _split_flags(members[0].args) if f.split(" ")[0]
+                          not in tail_flags and f.split(" ")[0].replace("--no-", "--", 1)
+                          not in tail_flags)
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            if len(chunk) < 2:
+                continue  # a bundle of one is a cell job
+            suffixes = tuple(suffix_of(c) for c in chunk)
+            layout = layout_index.setdefault(suffixes, len(layout_index))
+            shared_floor = 3 * chunk[0].params["steps"] * chunk[0].params["depth"] * latency
+            study.bundles.append(Bundle(
+                study.name, layout, prefix, chunk, shared,
+                seconds=sum(c.seconds for c in chunk) - (len(chunk) - 1) * shared_floor,
+                mem_mb=base_mb + sum(c.mem_mb - base_mb for c in chunk)))
+    study.layouts = list(layout_index)
+
+
+def _split_flags(args: str) -> list[str]:
+    """'--a 1 --b --c 2' -> ['--a 1', '--b', '--c 2'] (flag values never start with --)."""
+    out: list[str] = []
+    for token in args.split(" "):
+        if token.startswith("--") and not token[2:3].isdigit():
+            out.append(token)
+        else:
+            out[-1] += " " + token
+    return out
+
+
 def load_config(path: str | os.PathLike) -> dict:
     import yaml
 
@@ -626,6 +731,8 @@ def build_studies(config: dict, *, check_schema: bool = True) -> dict[str, Study
             study, study_problems = build_study(name, spec or {}, resources)
             problems.extend(study_problems)
             studies[name] = study
+            if not study_problems:
+                form_bundles(study, resources)
             if not study_problems and not study.cells:
                 problems.append(InputError(f"studies.{name}", "no cells",
                                            "a grid or extra_cells with at least one cell"))
@@ -849,6 +956,12 @@ def config_schema() -> dict:
         "runtime_safety_factor": {"type": "number", "minimum": 1},
         "min_runtime_minutes": {"type": "integer", "minimum": 1},
         "mem_mb_base": {"type": "integer", "minimum": 100},
+        "bundle_size": {"type": "integer", "minimum": 1,
+                        "description": "most training cells one job trains as one stacked "
+                                       "ensemble (1: one job per cell)"},
+        "bundle_mem_mb": {"type": "integer", "minimum": 100,
+                          "description": "memory one bundle may plan on its device (MB): "
+                                         "deep/wide cells make smaller bundles"},
     }
     for key, value in DEFAULT_RESOURCES.items():
         resource_props[key]["default"] = value

@@ -65,6 +65,7 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
     for study in studies.values():
         states = {"done": [], "stale": [], "missing": []}
         engine = repr(engines[study.kind])
+        job_args = {id(c): b.args for b in study.bundles for c in b.cells}  # a bundle job's flags
         for cell in study.cells:
             if not (root / cell.path).exists():
                 states["missing"].append(cell)
@@ -79,7 +80,7 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
                 states["done"].append(cell)  # no record: Snakemake treats it as up to date
                 continue
             recorded = record.get("params")
-            expected = sorted([repr(cell.args), engine])
+            expected = sorted([repr(job_args.get(id(cell), cell.args)), engine])
             if recorded is not None and sorted(recorded) != expected:
                 states["stale"].append(cell)
             else:
@@ -94,23 +95,34 @@ def summarise(studies: dict, states: dict, resources: dict) -> dict:
     rows = []
     for name, study in studies.items():
         s = states[name]
-        left = s["stale"] + s["missing"]
-        seconds = sum(c.seconds + startup for c in left)
+        left = {id(c) for c in s["stale"] + s["missing"]}
+        # a bundle job trains its stale and missing members together: one start-up, its
+        # members' share of the bundle's time (FLOPs plus one shared latency floor)
+        jobs, seconds = 0, 0.0
+        for bundle in study.bundles:
+            todo = sum(id(c) in left for c in bundle.cells)
+            if todo:
+                jobs += 1
+                seconds += startup + bundle.seconds * todo / len(bundle.cells)
+        for cell in study.unbundled:
+            if id(cell) in left:
+                jobs += 1
+                seconds += startup + cell.seconds
         rows.append({"study": name, "kind": study.kind, "cells": len(study.cells),
                      "done": len(s["done"]), "stale": len(s["stale"]),
-                     "missing": len(s["missing"]),
+                     "missing": len(s["missing"]), "jobs_left": jobs,
                      "gpu_hours_left": round(seconds * gpus / 3600.0, 4)})
-    total = {k: sum(r[k] for r in rows) for k in ("cells", "done", "stale", "missing")}
+    total = {k: sum(r[k] for r in rows) for k in ("cells", "done", "stale", "missing", "jobs_left")}
     total["gpu_hours_left"] = round(sum(r["gpu_hours_left"] for r in rows), 4)
     return {"studies": rows, "total": total}
 
 
 def _table(summary: dict) -> str:
-    header = ["study", "kind", "cells", "done", "stale", "missing", "GPU-hours left"]
+    header = ["study", "kind", "cells", "done", "stale", "missing", "jobs left", "GPU-hours left"]
     rows = [[r["study"], r["kind"], r["cells"], r["done"], r["stale"], r["missing"],
-             f"{r['gpu_hours_left']:.3g}"] for r in summary["studies"]]
+             r["jobs_left"], f"{r['gpu_hours_left']:.3g}"] for r in summary["studies"]]
     t = summary["total"]
-    rows.append(["total", "", t["cells"], t["done"], t["stale"], t["missing"],
+    rows.append(["total", "", t["cells"], t["done"], t["stale"], t["missing"], t["jobs_left"],
                  f"{t['gpu_hours_left']:.3g}"])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = []

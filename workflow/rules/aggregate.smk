@@ -21,7 +21,9 @@ rule cell_list:
 
 rule aggregate_cells:
     input:
-        cells=lambda wildcards: CELL_PATHS[KIND_OF_DATASET[wildcards.name]],
+        cells=lambda wildcards: [c.path for s in STUDIES.values() for c in s.unbundled
+                                 if s.kind == KIND_OF_DATASET[wildcards.name]],
+        bundles=lambda wildcards: BUNDLE_STAMPS[KIND_OF_DATASET[wildcards.name]],
         lists=lambda wildcards: [f"results/cells/{study}.cells.txt"
                                  for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]],
     output:

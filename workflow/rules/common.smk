@@ -55,14 +55,61 @@ CELL_MEM_MB = {}
 CELL_SECONDS = {}
 CELL_PATHS = {kind: [] for kind in KIND_COMMANDS}
 STUDY_NAMES = {kind: [] for kind in KIND_COMMANDS}
+# Bundles (mfpipe.grid.form_bundles): one job trains the cells of one bundle as one stacked
+# ensemble.  A rule per (study, layout) — a layout is the bundle's member path tails — with a
+# {prefix} wildcard serves every bundle of that layout; its outputs are the members' cell files
+# (flagged update(): a rerun keeps the members whose stored identity matches, and trains the
+# others) and a small stamp file, rewritten by every run, that the aggregate depends on.
+BUNDLES = {}  # (study, layout, prefix) -> Bundle
+BUNDLE_LAYOUTS = []  # (rule name, study, layout index, member suffixes)
+BUNDLE_STAMPS = {kind: [] for kind in KIND_COMMANDS}
 for _study in STUDIES.values():
     STUDY_NAMES[_study.kind].append(_study.name)
-    for _cell in _study.cells:
+    for _index, _suffixes in enumerate(_study.layouts):
+        BUNDLE_LAYOUTS.append((f"train_bundle_{len(BUNDLE_LAYOUTS)}", _study.name, _index, _suffixes))
+    for _bundle in _study.bundles:
+        BUNDLES[(_study.name, _bundle.layout, _bundle.prefix)] = _bundle
+        BUNDLE_STAMPS[_study.kind].append(_bundle.stamp)
+    for _cell in _study.unbundled:
         _key = f"{_study.name}/{_cell.key}"
         CELL_ARGS[_key] = _cell.args
         CELL_MEM_MB[_key] = _cell.mem_mb
         CELL_SECONDS[_key] = _cell.seconds
-        CELL_PATHS[_study.kind].append(_cell.path)
+    CELL_PATHS[_study.kind] += [_cell.path for _cell in _study.cells]
+
+
+def bundle_of(wildcards, layout):
+    return BUNDLES[(layout[1], layout[2], wildcards.prefix)]
+
+
+def bundle_data(layout):
+    return lambda wildcards: DATA_FILE.format(dataset=wildcards.prefix.split("/", 1)[0][len("dataset="):])
+
+
+def bundle_args(layout):
+    return lambda wildcards: bundle_of(wildcards, layout).args
+
+
+def bundle_resources(layout):
+    """SLURM requests of a bundle job: its members' memory, their summed FLOP time plus one
+    latency floor (the launches are shared), the GPUs of resources.gpus_per_cell; and, for
+    `snakemake -n`, how many members it will really train (no file, or a file whose stored
+    identity is not this cell's)."""
+    def cells_to_train(wildcards):
+        from mfpipe.cells import stored_identity_matches
+
+        members = bundle_of(wildcards, layout).cells
+        todo = sum(not stored_identity_matches(c.kind, c.params, c.path) for c in members)
+        return f"{todo}/{len(members)}"
+
+    return {"mem_mb": lambda wildcards, attempt: bundle_of(wildcards, layout).mem_mb,
+            "runtime": lambda wildcards, attempt: runtime_minutes(
+                bundle_of(wildcards, layout).seconds, RESOURCES, attempt),
+            "gpu": RESOURCES["gpus_per_cell"], "cells_to_train": cells_to_train}
+
+
+def bundle_priority(layout):
+    return lambda wildcards: 1.0 + round(float(bundle_of(wildcards, layout).seconds), 3)
 
 # Tight wildcard constraints keep the DAG cheap (no rule tries to match what it cannot make).
 CELL_RE = r"[a-z][a-z0-9_]*=[^/]+(?:/[a-z][a-z0-9_]*=[^/]+)*"
@@ -274,7 +321,12 @@ def figure_flags(name):
 # does not rebuild a missing input whose consumer is up to date, so a deleted cell file would
 # stay missing (and its rows stay in the aggregate).  As a target it is rebuilt, and the
 # aggregate, the fit and the figures after it.
-ALL_TARGETS = [p for paths in CELL_PATHS.values() for p in paths]
+ALL_TARGETS = [c.path for s in STUDIES.values() for c in s.unbundled]
+for _bundle in (b for s in STUDIES.values() for b in s.bundles):
+    ALL_TARGETS.append(_bundle.stamp)
+    # a bundle's missing member is asked for by name: Snakemake reruns a job for a missing
+    # output only when that output is requested (one stat per member, no DAG node per cell)
+    ALL_TARGETS += [c.path for c in _bundle.cells if not os.path.exists(c.path)]
 if DO_AGGREGATE:
     ALL_TARGETS += [f"results/{KIND_DATASETS[kind]}.parquet" for kind in KIND_COMMANDS
                     if CELL_PATHS[kind]]

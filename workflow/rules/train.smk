@@ -39,3 +39,33 @@ rule train_cell:
     shell:
         "{MFPIPE} pool train-cell {params.args} --data-dir {DATA_DIR:q} --device {DEVICE} "
         "-o {output:q} > {log:q} 2>&1"
+
+
+for _layout in BUNDLE_LAYOUTS:
+    _name, _study_name, _index, _suffixes = _layout
+
+    rule:
+        name:
+            _name
+        output:
+            stamp=f"results/bundles/{_study_name}/{{prefix}}/layout{_index}.json",
+            cells=[update(f"results/cells/{_study_name}/{{prefix}}/{suffix}.parquet")
+                   for suffix in _suffixes],
+        input:
+            bundle_data(_layout),
+        log:
+            f"logs/bundles/{_study_name}/{{prefix}}/layout{_index}.log",
+        params:
+            args=bundle_args(_layout),
+            engine=ENGINE["train"],
+        threads: 1
+        priority: bundle_priority(_layout)
+        resources:
+            **bundle_resources(_layout),
+        wildcard_constraints:
+            prefix=r"dataset=(" + DATASET_RE + r")(?:/[a-z][a-z0-9_]*=[^/]+)*",
+        shell:
+            "{MFPIPE} pool train-cell {params.args} --data-dir {DATA_DIR:q} --device {DEVICE} "
+            "--skip-existing --outputs {output.cells:q} --stamp {output.stamp:q} > {log:q} 2>&1"
+
+    workflow.ruleorder(_name, "train_cell")
