@@ -1,15 +1,18 @@
 """Workflow benchmarks, measured side by side in one run:
 
-1. DAG / dry-run time of a ~100k-cell grid (`snakemake -n`) against an empty one-rule Snakefile
-   with the same number of jobs (goal: ≤ 1.5×), with peak memory of each;
+1. DAG / dry-run time of a ~100k-cell grid (`snakemake -n`) with bundles (the default) and with
+   one job per cell (`resources.bundle_size: 1`), next to an empty one-rule Snakefile with one
+   job per cell (goal: bundles ≤ 10 s here), with peak memory of each;
 2. no-op rerun time (`snakemake` with everything up to date) of a finished 10k-cell grid (fake
    outputs) against the one-rule Snakefile with 10k finished outputs;
 3. pipeline efficiency of the default run (config/config.yaml, profiles/local, from nothing):
    time inside training steps (Σ train_time_s of the cells) / (wall time × cores), for the
    whole run (cells → aggregate → fit → figures) and for its cell phase, next to the per-cell
-   overhead with and without the warm worker pool.
+   overhead with and without the warm worker pool;
+4. the default pipeline from nothing with one job per cell vs bundles (goal ≥ 1.5× faster).
 
-    .venv/bin/python benchmarks/workflow.py                 # everything (~10-15 min here)
+    .venv/bin/python benchmarks/workflow.py                 # everything (~25 min here)
+    .venv/bin/python benchmarks/workflow.py --only bundles
     .venv/bin/python benchmarks/workflow.py --only dag --cells 30000
     .venv/bin/python benchmarks/workflow.py --only efficiency --no-pool-sample 12
 
@@ -114,29 +117,48 @@ def sized_config(n_target: int) -> dict:
 # ----------------------------------------------------------------------------- 1. DAG
 
 def bench_dag(n_cells: int, tmp: Path) -> None:
-    config = sized_config(n_cells)
-    work = copy_workflow(tmp / "dag", config)
-    cmd = [SNAKEMAKE, "-n", "--cores", "2", "--quiet", "rules", "-s", str(work / "Snakefile"),
-           "-d", str(work)]
-    ours, ours_mb, text = timed(cmd, work)
-    jobs = job_count(text)
+    """`snakemake -n` of the grid with bundles (the default) and with one job per cell
+    (resources.bundle_size: 1), and of a one-rule Snakefile with as many jobs as the latter."""
+    rows = []
+    for label, size in (("bundles (default)", None), ("one job per cell", 1)):
+        config = sized_config(n_cells)
+        if size is not None:
+            config["resources"] = {"bundle_size": size}
+        work = copy_workflow(tmp / f"dag-{size}", config)
+        cmd = [SNAKEMAKE, "-n", "--cores", "2", "--quiet", "rules", "-s", str(work / "Snakefile"),
+               "-d", str(work)]
+        seconds, peak_mb, text = timed(cmd, work)
+        rows.append((label, seconds, peak_mb, job_count(text), training_jobs(text)))
     base_dir = tmp / "dag-baseline"
-    baseline_snakefile(base_dir, jobs)
+    baseline_snakefile(base_dir, rows[1][3])
     base, base_mb, base_text = timed([SNAKEMAKE, "-n", "--cores", "2", "--quiet", "rules", "-d",
                                       str(base_dir)], base_dir)
-    print(f"1. dry-run DAG, {jobs:,} jobs ({sum_cells(text):,} cells):")
-    print(f"   mfpipe workflow        {ours:7.1f} s   peak RSS {ours_mb:7.0f} MB")
+    cells = sum(len(s.cells) for s in _studies(sized_config(n_cells)).values())
+    print(f"1. dry-run DAG of {cells:,} training cells:")
+    for label, seconds, peak_mb, jobs, train_jobs in rows:
+        print(f"   {label:22s} {seconds:7.1f} s   peak RSS {peak_mb:7.0f} MB   {jobs:,} jobs "
+              f"({train_jobs:,} training)")
     print(f"   one-rule Snakefile     {base:7.1f} s   peak RSS {base_mb:7.0f} MB   "
           f"({job_count(base_text):,} jobs)")
-    print(f"   ratio                  {ours / base:7.2f}×   (goal ≤ 1.5×)")
+    print(f"   bundles vs one job per cell: {rows[1][1] / rows[0][1]:.1f}× faster "
+          f"(goal: bundles ≤ 10 s here)")
 
 
-def sum_cells(text: str) -> int:
+def training_jobs(text: str) -> int:
+    """Training jobs in a `snakemake -n --quiet rules` table (bundle rules and train_cell)."""
+    total = 0
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] == "train_cell":
-            return int(parts[1])
-    return 0
+        if len(parts) == 2 and parts[1].isdigit() and (
+                parts[0] == "train_cell" or parts[0].startswith("train_bundle_")):
+            total += int(parts[1])
+    return total
+
+
+def _studies(config: dict) -> dict:
+    from mfpipe.grid import build_studies
+
+    return build_studies(config)
 
 
 # ----------------------------------------------------------------------------- 2. no-op
@@ -159,6 +181,11 @@ def bench_noop(n_cells: int, tmp: Path) -> None:
         target = work / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"")
+    for study in _studies(config).values():  # bundle stamps, newer than their members
+        for bundle in study.bundles:
+            stamp = work / bundle.stamp
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_bytes(b"")
     time.sleep(0.05)
     (work / "results" / "cells" / "big.cells.txt").write_text("\n".join(listing) + "\n")
     time.sleep(0.05)
@@ -199,7 +226,8 @@ def bench_efficiency(tmp: Path, no_pool_sample: int) -> None:
     gradients = pq.read_table(work / "results" / "gradients.parquet").to_pandas()
     grad_s = float(gradients.drop_duplicates("cell_id")["wall_time_s"].sum())
     # the cell phase: from the first cell's start to the last cell's end (log file times)
-    logs = sorted((work / "logs" / "cells").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    logs = sorted([*(work / "logs" / "cells").rglob("*.log"), *(work / "logs" / "bundles").rglob("*.log")],
+                  key=lambda p: p.stat().st_mtime)
     starts = [p.stat().st_mtime for p in logs]
     first_start = min(_started(work, per_cell))
     cell_phase = max(starts) - first_start
@@ -243,6 +271,27 @@ def bench_efficiency(tmp: Path, no_pool_sample: int) -> None:
               f"{train_s / (train_s + n * mean / 1.0 + (wall * cores - cell_phase * cores)) :.3f}")
 
 
+def bench_bundles(tmp: Path) -> None:
+    """The default pipeline from nothing, one job per cell (bundle_size 1) vs bundles."""
+    import yaml
+
+    rows = []
+    for label, size in (("one job per cell", 1), ("bundles (default)", None)):
+        config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+        if size is not None:
+            config.setdefault("resources", {})["bundle_size"] = size
+        work = copy_workflow(tmp / f"run-{size}", config)
+        env = dict(os.environ, MFPIPE_POOL_DIR=str(tmp / f"pool-{size}"), MFPIPE_POOL_IDLE="20")
+        cmd = [SNAKEMAKE, "--profile", str(REPO / "profiles" / "local"), "-s",
+               str(work / "Snakefile"), "-d", str(work)]
+        wall, _, text = timed(cmd, work, env)
+        rows.append((label, wall, job_count(text)))
+        print(f"   {label:22s} {wall:7.1f} s", flush=True)
+    print(f"4. default pipeline (`snakemake --profile profiles/local` from nothing): one job per "
+          f"cell {rows[0][1]:.1f} s, bundles {rows[1][1]:.1f} s: {rows[0][1] / rows[1][1]:.2f}× "
+          f"faster (goal ≥ 1.5×)")
+
+
 def _started(work: Path, per_cell) -> list[float]:
     import datetime as dt
 
@@ -255,13 +304,13 @@ def _started(work: Path, per_cell) -> list[float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("dag", "noop", "efficiency"), action="append")
+    parser.add_argument("--only", choices=("dag", "noop", "efficiency", "bundles"), action="append")
     parser.add_argument("--cells", type=int, default=100_000, help="cells of the DAG benchmark")
     parser.add_argument("--noop-cells", type=int, default=10_000)
     parser.add_argument("--no-pool-sample", type=int, default=8,
                         help="cells rerun as one process each for the comparison (0: skip)")
     args = parser.parse_args(argv)
-    parts = args.only or ["dag", "noop", "efficiency"]
+    parts = args.only or ["dag", "noop", "efficiency", "bundles"]
     print(f"snakemake {subprocess.run([SNAKEMAKE, '--version'], capture_output=True, text=True).stdout.strip()}, "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mfpipe-bench-workflow-") as tmp:
@@ -274,6 +323,9 @@ def main(argv=None) -> int:
             sys.stdout.flush()
         if "efficiency" in parts:
             bench_efficiency(tmp, args.no_pool_sample)
+            sys.stdout.flush()
+        if "bundles" in parts:
+            bench_bundles(tmp)
         from mfpipe.pool import server_pids
 
         for pid in server_pids(tmp / "pool") if (tmp / "pool").is_dir() else []:

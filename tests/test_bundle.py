@@ -21,10 +21,7 @@ METRICS = ["step", "train_loss", "train_accuracy", "batch_loss", "batch_accuracy
            "test_accuracy", "diverged", "diverged_step"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cells.configure_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**over):

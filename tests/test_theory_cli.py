@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_capped
 from mfpipe.cli import main
 from mfpipe.theory import critical_sigma_w2, depth_scales
 
@@ -102,15 +103,8 @@ def test_console_script_subprocess():
 # --- issue 9: bounded work ---------------------------------------------------------------------
 
 def _mfpipe(args, timeout):
-    """Run the CLI in a subprocess with a hard timeout and a 2 GB address-space cap (a
-    regression then fails fast instead of filling the machine)."""
-    import resource
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-
-    return subprocess.run([sys.executable, "-m", "mfpipe", *args], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=cap)
+    """The CLI in a subprocess capped at 2 GB (a regression then fails fast)."""
+    return run_capped(["-m", "mfpipe", *args], gigabytes=2, timeout=timeout)
 
 
 @pytest.mark.parametrize("keep_rate", ["1e-6", "1e-10"])
@@ -169,15 +163,12 @@ def test_oversized_requests_are_refused_before_starting(argv, said):
 
 def test_iterate_api_refuses_arrays_that_will_not_fit():
     # before issue 9: an 8 GB array filled layer by layer; a subprocess capped at 2 GB here
-    import resource
-
     code = ("from mfpipe.errors import InputError\n"
             "from mfpipe.theory import iterate_c, iterate_q\n"
             "for f, x in ((iterate_q, 1.0), (iterate_c, 0.5)):\n"
             "    try:\n        f('tanh', 1.5, 0.05, x, 10 ** 9)\n"
             "    except InputError as err:\n        print(err)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    out = run_capped(["-c", code], gigabytes=2)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.count("depth: got 1000000000") == 2 and "50,000,000" in out.stdout
 

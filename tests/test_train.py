@@ -22,11 +22,7 @@ from mfpipe.train import run_train_cell
 METRICS = ["train_loss", "train_accuracy", "batch_loss", "batch_accuracy", "test_loss", "test_accuracy"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    # one torch thread: deterministic, and robust on a shared 2-core machine (CLI calls read it too)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cells.configure_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**over):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from conftest import run_capped
 from mfpipe.errors import InputError
 from mfpipe.values import clean_float, format_number, parse_values
 
@@ -50,10 +51,6 @@ def test_format_number_is_canonical(value, text):
 def test_huge_range_is_refused_before_it_is_built():
     # before issue 9: 1:4:10000000000 built a list of 10^10 floats (hundreds of GB) before any
     # check; run in a subprocess capped at 1 GB so a regression fails fast without filling memory
-    import resource
-    import subprocess
-    import sys
-
     from mfpipe.values import MAX_RANGE_COUNT, parse_values
 
     assert len(parse_values(f"0:1:{MAX_RANGE_COUNT}", "--sigma-w2")) == MAX_RANGE_COUNT
@@ -61,8 +58,7 @@ def test_huge_range_is_refused_before_it_is_built():
             "from mfpipe.errors import InputError\n"
             "try:\n    parse_values('1:4:10000000000', '--sigma-w2')\n"
             "except InputError as err:\n    print(err)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)))
+    out = run_capped(["-c", code], gigabytes=1)
     assert out.returncode == 0, out.stderr[-500:]
     assert "--sigma-w2" in out.stdout and "at most 1,000,000 (10^6)" in out.stdout
     assert "10,000,000,000 (10^10)" in out.stdout

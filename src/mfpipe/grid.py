@@ -25,7 +25,7 @@ last level is the file name)::
 so adding a value to an axis adds paths without moving the existing ones (only new cells
 run), while a changed setting keeps the paths and changes every cell's parameters (Snakemake's
 params trigger reruns the study).  Each cell's Snakemake params are one string of command-line
-flags plus the kind's engine version (``ENGINE_VERSIONS``): bump the version when a code change
+flags plus the kind's engine version (``mfpipe.cells.ENGINE_VERSIONS``): bump the version when a code change
 alters the results of that kind of cell and every such cell becomes stale; any other code edit
 (plotting, this file's comments) leaves finished cells alone.
 """
@@ -78,11 +78,6 @@ def cell_id(params: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- parameters
-
-#: Version of the code that computes each kind of cell.  Part of every cell's Snakemake params:
-#: bump it in the same commit as a change to mfpipe.train / mfpipe.nets / mfpipe.data (train)
-#: or mfpipe.gradients / mfpipe.nets (grad) that changes results, and exactly those cells rerun.
-ENGINE_VERSIONS = {"train": 1, "grad": 1}
 
 #: The ``mfpipe`` subcommand that computes one cell of each kind.
 KIND_COMMANDS = {"train": "train-cell", "grad": "grad-cell"}
@@ -196,16 +191,12 @@ def parameter_index(kind: str) -> dict[str, Param]:
     return {p.name: p for p in parameters(kind)}
 
 
-def kinds() -> tuple[str, ...]:
-    return tuple(KIND_COMMANDS)
-
-
 def engine_versions() -> dict[str, int]:
-    """Engine version per kind: ``mfpipe.cells.ENGINE_VERSIONS`` when the cell code defines it
-    (bumped there with result-changing code changes), else ``ENGINE_VERSIONS`` here."""
+    """Engine version per kind (``mfpipe.cells.ENGINE_VERSIONS``, bumped there in the same commit
+    as a change that alters that kind's results): part of every cell job's Snakemake params."""
     from mfpipe import cells
 
-    return {**ENGINE_VERSIONS, **getattr(cells, "ENGINE_VERSIONS", {})}
+    return dict(cells.ENGINE_VERSIONS)
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -739,12 +730,6 @@ def build_studies(config: dict, *, check_schema: bool = True) -> dict[str, Study
     if problems:
         raise ConfigError(problems)
     return studies
-
-
-def study_fingerprint(config: dict, study: str) -> str:
-    """A short stable digest of one study's spec and the resources (for change detection)."""
-    spec = (config.get("studies") or {}).get(study)
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- `mfpipe cells`
