@@ -323,3 +323,9 @@ def test_cells_without_trailing_member_axes_and_extra_cells_are_one_job_each():
         "dataset=mnist5k/depth=16/seed=5"]
     grad = bundles_of({"studies": {"s": study({"depth": 3, "seed": [0, 1]}, kind="grad")}})
     assert grad.bundles == []
+
+
+def test_a_grid_too_large_is_refused_with_its_size_before_it_is_built():
+    with pytest.raises(ConfigError, match=r"studies.s.grid: got '100,000,000 cells \(100000 "
+                                          r"sigma_w2 × 1000 sigma_b2\)'; allowed: at most 1,000,000"):
+        build_studies({"studies": {"s": study({"sigma_w2": "1:4:100000", "sigma_b2": "1:2:1000"})}})

@@ -431,6 +431,11 @@ def resources_of(config: dict) -> dict:
     return {**DEFAULT_RESOURCES, **(config.get("resources") or {})}
 
 
+#: Cells one study may expand to (a workflow of 10^6 cells is already far beyond Snakemake's
+#: comfort; a typo such as 1:4:100000 × 1:2:1000 would otherwise fill memory first).
+MAX_STUDY_CELLS = 1_000_000
+
+
 def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[InputError]]:
     """Cells of one study; problems are collected (not raised) so all are reported at once."""
     problems: list[InputError] = []
@@ -490,6 +495,11 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
              if p.name not in axes_values}
     if lr_rule is not None:
         fixed.pop("lr", None)
+    n_cells = math.prod(len(axes_values[a]) for a in axes)
+    if n_cells > MAX_STUDY_CELLS:
+        sizes = " × ".join(f"{len(axes_values[a])} {a}" for a in axes if len(axes_values[a]) > 1)
+        return study, [InputError(f"studies.{name}.grid", f"{n_cells:,} cells ({sizes})",
+                                  f"at most {MAX_STUDY_CELLS:,} cells per study")]
     maker = _CellMaker(study, fixed, lr_rule, resources)
     # the Cartesian product, each axis value checked and formatted once
     texts = [[(v, _value_text(v)) for v in axes_values[a]] for a in axes]
