@@ -191,7 +191,8 @@ def test_status_reads_snakemake_records(tmp_path, capsys):
     assert main(["status", "--configfile", str(cfg), "-d", str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["total"] | {"gpu_hours_left": 0} == {"cells": 3, "done": 1, "stale": 1,
-                                                         "missing": 1, "gpu_hours_left": 0}
+                                                         "missing": 1, "jobs_left": 2,
+                                                         "gpu_hours_left": 0}
     assert summary["total"]["gpu_hours_left"] > 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("studies: {s: {kind: train, grid: {activation: sigmoid}}}\n")
@@ -329,3 +330,25 @@ def test_a_grid_too_large_is_refused_with_its_size_before_it_is_built():
     with pytest.raises(ConfigError, match=r"studies.s.grid: got '100,000,000 cells \(100000 "
                                           r"sigma_w2 × 1000 sigma_b2\)'; allowed: at most 1,000,000"):
         build_studies({"studies": {"s": study({"sigma_w2": "1:4:100000", "sigma_b2": "1:2:1000"})}})
+
+
+def test_status_of_bundled_cells_reads_their_bundle_jobs_records(tmp_path):
+    """A bundle member is done when its record holds its bundle job's flags; jobs left count
+    bundles with anything to train, not cells."""
+    from mfpipe import status
+
+    config = {"studies": {"s": study({"depth": [2, 4], "seed": [0, 1, 2]}, {"steps": 10})}}
+    studies = build_studies(config)
+    first, second = studies["s"].bundles
+    engine = repr(engine_versions()["train"])
+    for cell in first.cells + second.cells[:1]:
+        (tmp_path / cell.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / cell.path).write_bytes(b"x")
+        record = status._record_path(tmp_path / ".snakemake" / "metadata", cell.path, 255)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        bundle = first if cell in first.cells else second
+        record.write_text(json.dumps({"params": sorted([repr(bundle.args), engine])}))
+    states = status.cell_states(studies, tmp_path)
+    assert [len(states["s"][k]) for k in ("done", "stale", "missing")] == [4, 0, 2]
+    summary = status.summarise(studies, states, resources_of(config))
+    assert summary["total"]["jobs_left"] == 1  # the second bundle, for its 2 missing members
