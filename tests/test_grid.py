@@ -310,9 +310,13 @@ def test_bundle_size_and_memory_cut_bundles_and_a_size_of_one_is_one_job_per_cel
     config["resources"] = {"bundle_size": 1}
     st = bundles_of(config)
     assert st.bundles == [] and len(st.unbundled) == 18
-    one = st.cells[0].mem_mb - 4000
-    config["resources"] = {"bundle_mem_mb": 4000 + 2 * one}  # two members' memory
-    assert {len(b.cells) for b in bundles_of(config).bundles} == {2, 1} - {1}
+    largest = max(c.mem_mb for c in st.cells) - 4000
+    config["resources"] = {"bundle_mem_mb": 4000 + 2 * largest}  # two of the largest members
+    st = bundles_of(config)
+    # the same chunks at every depth (9 members in 5 balanced chunks: 2, 2, 1 → a cell job, 2, 2)
+    assert [len(b.cells) for b in st.bundles] == [2] * 8 and len(st.unbundled) == 2
+    suffixes = [set(layout) for layout in st.layouts]
+    assert sum(len(x) for x in suffixes) == len(set().union(*suffixes))  # layouts never overlap
 
 
 def test_cells_without_trailing_member_axes_and_extra_cells_are_one_job_each():

@@ -139,6 +139,26 @@ def test_dry_run_of_the_default_config_needs_no_data(tmp_path):
     assert not (work / "data").exists() and not (work / "results").exists()
 
 
+def test_bundles_cut_by_size_and_memory_leave_no_rule_ambiguous(tmp_path):
+    from mfpipe.grid import build_studies
+
+    config = tiny_config()
+    config["studies"]["t"]["grid"].update(sigma_w2=[1.5, 2.0, 2.5, 3.0, 3.5], seed=[0, 1])
+    config["resources"] = {"bundle_size": 4}  # 10 members per depth: chunks of 4, 3, 3
+    work = copy_workflow(tmp_path / "wf", config)
+    counts = planned(work)
+    assert {k: v for k, v in counts.items() if "train" in k} == {
+        "train_bundle_0": 2, "train_bundle_1": 2, "train_bundle_2": 2}
+    assert training_plan(work) == (6, 20)
+    # a deep, wide depth next to a shallow one: memory allows 10 shallow members but 3 deep
+    # ones; one chunk size for the study keeps every member path in exactly one rule
+    config["studies"]["t"]["grid"].update(depth=[2, 120], width=256)
+    deep = max(c.mem_mb for c in build_studies(config)["t"].cells) - 4000
+    config["resources"] = {"bundle_mem_mb": 4000 + 3 * deep + 1}
+    set_config(work, config)
+    assert training_plan(work) == (8, 20)  # chunks of 3, 2, 3, 2 at both depths
+
+
 def job_priorities(workdir: Path) -> list[tuple[str, str, float]]:
     """(rule, wildcards, priority) of every job `snakemake -n` lists."""
     done = snakemake(workdir, "-n")

@@ -623,9 +623,9 @@ def form_bundles(study: Study, resources: dict) -> None:
 
     Members vary only in the study's trailing member axes (the longest tail of its path
     parameters that are all in ``mfpipe.cells.MEMBER_PARAMS``; seed is always last), so the
-    cells of one path prefix form a group; a group is cut into balanced chunks of at most
-    ``resources.bundle_size`` cells whose summed memory estimate stays within
-    ``resources.bundle_mem_mb``.  Extra cells, a study without trailing member axes and a bundle
+    cells of one path prefix form a group; every group is cut into the same balanced chunks of
+    at most ``resources.bundle_size`` cells whose summed memory estimate (at the study's largest
+    cell) stays within ``resources.bundle_mem_mb``.  Extra cells, a study without trailing member axes and a bundle
     size of 1 leave cells to one job each (``Study.unbundled``).
     """
     from mfpipe.cells import MEMBER_PARAMS  # lazy: mfpipe.cells imports this module
@@ -653,18 +653,21 @@ def form_bundles(study: Study, resources: dict) -> None:
     layout_index: dict[tuple[str, ...], int] = {}
     index = parameter_index(study.kind)
     tail_flags = {index[a].flag for a in study.axes[-n_tail:]}
+    # One chunk size for the whole study, so that its layouts never share a member suffix (a
+    # rule's {prefix} matches any prefix: two layouts holding one suffix would both claim it).
+    member_mb = max(c.mem_mb - base_mb for c in study.cells[:study.n_grid_cells]) or 1
+    size = max(1, min(cap, (int(resources["bundle_mem_mb"]) - base_mb) // member_mb))
+    n_members = len(next(iter(groups.values())))
+    n_chunks = math.ceil(n_members / size)
+    bounds = [round(i * n_members / n_chunks) for i in range(n_chunks + 1)]  # balanced: ±1
     for prefix, members in groups.items():
         if len(members) < 2:
             continue
-        member_mb = max(c.mem_mb - base_mb for c in members) or 1
-        size = max(1, min(cap, (int(resources["bundle_mem_mb"]) - base_mb) // member_mb))
-        n_chunks = math.ceil(len(members) / size)
-        size = math.ceil(len(members) / n_chunks)  # balanced chunks
         shared = " ".join(f for f in _split_flags(members[0].args) if f.split(" ")[0]
                           not in tail_flags and f.split(" ")[0].replace("--no-", "--", 1)
                           not in tail_flags)
-        for start in range(0, len(members), size):
-            chunk = members[start:start + size]
+        for start, end in zip(bounds, bounds[1:]):
+            chunk = members[start:end]
             if len(chunk) < 2:
                 continue  # a bundle of one is a cell job
             suffixes = tuple(suffix_of(c) for c in chunk)
