@@ -62,7 +62,7 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, fl
         text = out.read()
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{text[-4000:]}")
-    return seconds, usage.ru_maxrss / 1024.0, text[-2000:]
+    return seconds, usage.ru_maxrss / 1024.0, text
 
 
 def job_count(text: str) -> int:
@@ -147,8 +147,10 @@ def bench_dag(n_cells: int, tmp: Path) -> None:
 def training_jobs(text: str) -> int:
     """Training jobs in a `snakemake -n --quiet rules` table (bundle rules and train_cell)."""
     total = 0
-    for line in text.splitlines():
+    for line in text[text.index("Job stats:"):].splitlines():
         parts = line.split()
+        if parts[:1] == ["total"]:
+            break  # the table may be printed twice
         if len(parts) == 2 and parts[1].isdigit() and (
                 parts[0] == "train_cell" or parts[0].startswith("train_bundle_")):
             total += int(parts[1])
