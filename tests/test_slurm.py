@@ -175,6 +175,16 @@ def test_slurm_profile_dry_run_without_slurm_installed(tmp_path):
         assert resources.get("mem_mb") == str(mem_mb), job
         assert resources.get("runtime") == str(runtime), job
 
+    # a GPU type reaches the bundle jobs too (the profile's set-resources name fixed rules only)
+    typed = subprocess.run(
+        [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+         "--configfile", str(config), "--profile", str(PROFILE), "-n", "--verbose"],
+        cwd=tmp_path, env={**env, "MFPIPE_SLURM_GPU_MODEL": "a100"}, capture_output=True,
+        text=True, timeout=180)
+    bundle_jobs = [job for job in dry_run_jobs(typed.stdout + typed.stderr)
+                   if job["rule"].startswith("train_bundle_")]
+    assert bundle_jobs and all(job["resources"].get("gpu_model") == "a100" for job in bundle_jobs)
+
 
 # ---------------------------------------------------------------------------------------------
 # A real SLURM on localhost.
