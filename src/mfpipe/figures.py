@@ -628,9 +628,11 @@ def _parse_reference(text: str):
     """'12*xi_1,6xi_c' -> [(12.0, 'xi_1'), (6.0, 'xi_c')]."""
     import re
 
+    from mfpipe.fit import REFERENCE_RULE
+
     out = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
-        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*\*?\s*(xi_c|xi_1|xi_min)", item)
+        match = re.fullmatch(REFERENCE_RULE, item)
         if not match:
             raise InputError("reference", item, "rules like 6*xi_c, 12*xi_1 or 6xi_min")
         out.append((float(match.group(1)), match.group(2)))

@@ -107,6 +107,9 @@ FORMS: dict[str, tuple[str, str]] = {
 #: Shell-safe names of the forms (no *, ( or ^ to quote in a Snakemake shell command).
 FORM_ALIASES = {"xi_c": "n*xi_c", "xi_1": "n*xi_1", "xi_min": "n*min(xi_c,xi_1)",
                 "affine": "a*xi_c+b", "power": "a*xi_c^beta"}
+#: One published rule of the form multiplier × ξ ('6*xi_c', '12xi_1'): what `mfpipe figures
+#: --reference` draws dotted and the config schema accepts (groups: multiplier, ξ name).
+REFERENCE_RULE = r"([0-9]*\.?[0-9]+)\s*\*?\s*(xi_c|xi_1|xi_min)"
 N_PARAMS = {"prop": 1, "affine": 2, "power": 2}
 XI_LABEL = {"xi_c": "ξ_c", "xi_1": "ξ_1", "xi_min": "min(ξ_c, ξ_1)"}
 CURVE_POINTS = 241
@@ -166,12 +169,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     stem = Path(args.output).with_suffix("")
-    outputs = {"output": args.output, "boundaries": args.boundaries or f"{stem}.boundaries.parquet",
-               "cells": args.cells or f"{stem}.cells.parquet",
-               "curves": args.curves or f"{stem}.curves.parquet"}
-    for field, path in outputs.items():  # before any work
+    tables = {"output": args.output, "boundaries": args.boundaries or f"{stem}.boundaries.parquet",
+              "cells": args.cells or f"{stem}.cells.parquet",
+              "curves": args.curves or f"{stem}.curves.parquet"}
+    summary = args.summary or f"{stem}.md"
+    for field, path in tables.items():  # before any work
         check_output(path, field)
-    check_output(args.summary or f"{stem}.md", "summary", suffixes=(".md", ".txt"))
+    check_output(summary, "summary", suffixes=(".md", ".txt"))
     frames = [read_table(path) for path in args.inputs]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frame = apply_filters(frame, args.set_columns, args.exclude, args.where)
@@ -183,20 +187,16 @@ def run(args: argparse.Namespace) -> int:
         interval=args.interval, seed=args.seed,
         extra_group=[c for c in args.group_by.split(",") if c.strip()],
     )
-    out = Path(args.output)
-    stem = out.with_suffix("")
-    write_table_atomic(result.fits, out)
-    write_table_atomic(result.boundaries, args.boundaries or f"{stem}.boundaries.parquet")
-    write_table_atomic(result.cells, args.cells or f"{stem}.cells.parquet")
-    write_table_atomic(result.curves, args.curves or f"{stem}.curves.parquet")
-    summary = Path(args.summary or f"{stem}.md")
+    for field, table in (("output", result.fits), ("boundaries", result.boundaries),
+                         ("cells", result.cells), ("curves", result.curves)):
+        write_table_atomic(table, tables[field], field)
     from mfpipe.store import atomic_path
-    with atomic_path(summary) as tmp:
+    with atomic_path(summary, "summary") as tmp:
         tmp.write_text(result.summary)
     print(result.summary)
     print(f"mfpipe fit: {len(frame)} rows -> {len(result.cells)} (σ_w², depth) cells in "
           f"{result.fits.loc[~result.fits['pooled'], 'panel'].nunique()} panels, "
-          f"{len(result.fits)} fits -> {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+          f"{len(result.fits)} fits -> {args.output} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
 
 

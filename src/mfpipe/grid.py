@@ -889,9 +889,6 @@ def theory_grid_args(spec: dict | None, default: dict, depth: bool = False) -> s
 FIT_FLAGS = {"bootstrap": "--bootstrap", "threshold": "--threshold", "accuracy": "--accuracy",
              "step": "--step", "boundary": "--boundary", "forms": "--forms", "seed": "--seed"}
 FIGURE_FLAGS = {"forms": "--forms", "reference": "--reference"}
-#: Published rules the trainability figure draws dotted: '6*xi_c', '12*xi_1,6xi_min', …
-REFERENCE_PATTERN = (r"^\s*[0-9]*\.?[0-9]+\s*\*?\s*(xi_c|xi_1|xi_min)"
-                     r"(\s*,\s*[0-9]*\.?[0-9]+\s*\*?\s*(xi_c|xi_1|xi_min))*\s*$")
 
 
 def section_flags(config: dict, section: str, flags: dict[str, str]) -> str:
@@ -902,17 +899,18 @@ def section_flags(config: dict, section: str, flags: dict[str, str]) -> str:
                     if key in values)
 
 
-def _forms_pattern(names) -> str:
-    one = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+def _comma_list_pattern(one: str) -> str:
+    """A schema pattern for a comma list of items that each match ``one``."""
     return rf"^\s*({one})(\s*,\s*({one}))*\s*$"
 
 
 def config_schema() -> dict:
     """The JSON schema of a workflow config (workflow/schemas/config.schema.yaml is this,
     written out by ``python -m mfpipe.grid --write-schema``; a test keeps them equal)."""
-    from mfpipe.fit import FORM_ALIASES, FORMS
+    from mfpipe.fit import FORM_ALIASES, FORMS, REFERENCE_RULE
 
-    forms_pattern = _forms_pattern(list(FORMS) + list(FORM_ALIASES))
+    forms_pattern = _comma_list_pattern("|".join(
+        re.escape(name) for name in sorted(list(FORMS) + list(FORM_ALIASES), key=len, reverse=True)))
     form_names = ", ".join(list(FORMS) + list(FORM_ALIASES))
     defs: dict = {}
     kind_names = list(KIND_COMMANDS)
@@ -1018,7 +1016,8 @@ def config_schema() -> dict:
                             "forms": {"type": "string", "pattern": forms_pattern,
                                       "description": f"fitted forms overlaid, comma list: "
                                                      f"{form_names}"},
-                            "reference": {"type": "string", "pattern": REFERENCE_PATTERN,
+                            "reference": {"type": "string",
+                                          "pattern": _comma_list_pattern(REFERENCE_RULE),
                                           "description": "published rules drawn dotted, e.g. "
                                                          "'6*xi_c' or '12*xi_1,6*xi_c'"}}},
             "resources": {"type": "object", "additionalProperties": False, "default": {},
