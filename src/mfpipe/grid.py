@@ -704,7 +704,7 @@ def load_config(path: str | os.PathLike) -> dict:
     except UnicodeDecodeError as err:
         raise InputError("config", f"{path} (not UTF-8 text: {err.reason})", "a YAML file") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path}, line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
         problem = " ".join(str(getattr(err, "problem", None) or err).split())
         raise InputError("config", f"{where}: {problem}", "valid YAML") from None

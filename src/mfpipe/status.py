@@ -135,29 +135,8 @@ def _table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def load(args) -> dict:
-    """The merged config of ``--configfile`` files; a YAML syntax error is an ``InputError``
-    naming the file, line and column (whatever the loader raised), never a traceback."""
-    import yaml
-
-    from mfpipe.errors import InputError
-
-    try:
-        return config_from_args(args)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = (f"{mark.name}, line {mark.line + 1} column {mark.column + 1}" if mark is not None
-                 else ", ".join(args.configfile or ["config/config.yaml"]))
-        problem = getattr(err, "problem", None) or str(err)
-        raise InputError("config", f"{where}: {problem}", "valid YAML") from None
-    except IsADirectoryError as err:
-        raise InputError("config", err.filename, "a YAML file (this is a directory)") from None
-    except UnicodeDecodeError:
-        raise InputError("config", ", ".join(args.configfile or []), "a UTF-8 YAML file") from None
-
-
 def run(args) -> int:
-    config = load(args)
+    config = config_from_args(args)  # bad YAML: an InputError naming the line
     studies = build_studies(config)
     if args.study is not None:
         if args.study not in studies:
