@@ -33,6 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mfpipe.errors import InputError
+from mfpipe.grid import path_params, value_text
 from mfpipe.store import atomic_path, check_output, schema_problems
 
 _PARAMS = {
@@ -225,7 +226,8 @@ def aggregate(files: list[Path], output: str | os.PathLike, kind: str = "auto") 
                     continue
                 path = tagged.fragment.path
                 if path not in claims:
-                    claims[path] = [(name, text) for name, text in path_identity(path).items()
+                    claims[path] = [(name, text) for name, text
+                                    in path_params(path, IDENTITY_COLUMNS).items()
                                     if name in batch.schema.names]
                 for name, text in claims[path]:
                     found = _mismatch(batch.column(name), text)
@@ -270,39 +272,14 @@ IDENTITY_COLUMNS = ("dataset", "preprocess", "loss", "n_inputs", "activation", "
                     "sigma_b2", "keep_rate", "seed")
 
 
-def path_identity(path: str | os.PathLike) -> dict[str, str]:
-    """The ``name=value`` claims of a cell file's path (folders and file stem), for the
-    parameters in ``IDENTITY_COLUMNS``; ``results/cells/s/depth=3/seed=0.parquet`` gives
-    {depth: 3, seed: 0}.  Paths without such segments claim nothing."""
-    parts = list(Path(path).parts)
-    if parts and parts[-1].endswith(".parquet"):
-        parts[-1] = parts[-1][: -len(".parquet")]
-    claims = {}
-    for part in parts:
-        name, sep, text = part.partition("=")
-        if sep and name in IDENTITY_COLUMNS:
-            claims[name] = text
-    return claims
-
-
-def _canonical(value) -> str:
-    from mfpipe.values import format_number
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return format_number(value)
-    return str(value)
-
-
 def _mismatch(column, text: str):
     """None when every value of ``column`` is spelled ``text`` (canonical numbers), else the
     offending values as text."""
     values = pc.unique(column).to_pylist()
-    bad = [v for v in values if v is None or _canonical(v) != text]
+    bad = [v for v in values if v is None or value_text(v) != text]
     if not bad:
         return None
-    return ",".join("null" if v is None else _canonical(v) for v in bad[:3])
+    return ",".join("null" if v is None else value_text(v) for v in bad[:3])
 
 
 def _scan(files: list[Path], schema: pa.Schema, chunk: int = 2048):

@@ -23,11 +23,10 @@ import datetime as _dt
 import json
 import os
 import socket
-from pathlib import Path
 
 from mfpipe.data import DATASETS, PREPROCESSING
 from mfpipe.errors import InputError
-from mfpipe.grid import canonical_params, cell_id
+from mfpipe.grid import canonical_params, cell_id, path_params
 from mfpipe.values import clean_float
 
 # Kept in sync with mfpipe.nets (not imported here: that would import torch).
@@ -321,12 +320,7 @@ def add_common_arguments(parser, kind: str) -> None:
 def params_from_path(kind: str, path: str) -> dict:
     """The parameters a cell path names: its ``name=value`` directories and file name
     (``.../depth=16/sigma_w2=1.5/seed=0.parquet`` -> depth 16, σ_w² 1.5, seed 0)."""
-    specs = param_specs(kind)
-    params = {}
-    for part in Path(path).with_suffix("").parts:
-        name, sep, value = part.partition("=")
-        if sep and name in specs:
-            params[name] = value
+    params = path_params(path, param_specs(kind))
     if not params:
         raise InputError("outputs", path, "cell paths with name=value parts, e.g. "
                                           ".../sigma_w2=1.5/seed=0.parquet")

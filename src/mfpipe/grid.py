@@ -333,7 +333,8 @@ DEFAULT_RESOURCES = {
 }
 
 
-def _value_text(value) -> str:
+def value_text(value) -> str:
+    """A parameter value as a cell path and flags spell it (canonical numbers, true/false)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -341,6 +342,21 @@ def _value_text(value) -> str:
     if isinstance(value, list):
         return ",".join(format_number(v) for v in value)
     return str(value)
+
+
+def path_params(path: str | os.PathLike, names) -> dict[str, str]:
+    """The ``name=value`` claims a cell path makes for the parameters in ``names`` (its folders
+    and file stem; .parquet/.csv dropped): ``results/cells/s/depth=3/seed=0.parquet`` gives
+    {depth: '3', seed: '0'} — the values as ``value_text`` spells them."""
+    parts = list(Path(path).parts)
+    if parts and parts[-1].endswith((".parquet", ".csv")):
+        parts[-1] = parts[-1].rsplit(".", 1)[0]
+    claims = {}
+    for part in parts:
+        name, sep, text = part.partition("=")
+        if sep and name in names:
+            claims[name] = text
+    return claims
 
 
 def _axis_values(param: Param, raw, where: str) -> list:
@@ -362,7 +378,7 @@ def _axis_values(param: Param, raw, where: str) -> list:
         raise InputError(where, raw, f"at least one value: {param.describe()}")
     seen, out = set(), []
     for v in values:
-        k = _value_text(v)
+        k = value_text(v)
         if k not in seen:
             seen.add(k)
             out.append(v)
@@ -502,7 +518,7 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
                                   f"at most {MAX_STUDY_CELLS:,} cells per study")]
     maker = _CellMaker(study, fixed, lr_rule, resources)
     # the Cartesian product, each axis value checked and formatted once
-    texts = [[(v, _value_text(v)) for v in axes_values[a]] for a in axes]
+    texts = [[(v, value_text(v)) for v in axes_values[a]] for a in axes]
     try:
         for combo in itertools.product(*texts):
             key = "/".join([f"{a}={t}" for a, (_, t) in zip(axes, combo)])
@@ -532,16 +548,16 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
                 if len(axes_values[a]) == 1:
                     values[a] = axes_values[a][0]
                 else:
-                    several = ", ".join(_value_text(v) for v in axes_values[a])
+                    several = ", ".join(value_text(v) for v in axes_values[a])
                     cell_problems.append(InputError(f"{where}.{a}", None,
                                                     f"one value (the grid has several: {several})"))
         if cell_problems:
             problems.extend(cell_problems)
             continue
         if axes:
-            key = "/".join(f"{a}={_value_text(values[a])}" for a in axes)
+            key = "/".join(f"{a}={value_text(values[a])}" for a in axes)
         else:  # a study of extra cells only: the path names what each cell sets
-            key = "/".join(f"{p.name}={_value_text(values[p.name])}" for p in params_of_kind
+            key = "/".join(f"{p.name}={value_text(values[p.name])}" for p in params_of_kind
                            if p.name in values) or "default"
         try:
             maker.add({a: values[a] for a in axes}, key,
@@ -554,7 +570,7 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
 def _flag_text(param: Param, value) -> str:
     if param.type == "bool":
         return param.flag if value else "--no-" + param.flag[2:]
-    return f"{param.flag} {_value_text(value)}"
+    return f"{param.flag} {value_text(value)}"
 
 
 class _CellMaker:
@@ -798,7 +814,7 @@ def run(args) -> int:
         for s in chosen:
             for c in s.cells:
                 writer.writerow({"study": c.study, "kind": c.kind, "path": c.path,
-                                 "cell_id": c.id, **{k: _value_text(v) for k, v in c.params.items()}})
+                                 "cell_id": c.id, **{k: value_text(v) for k, v in c.params.items()}})
         lines = buf.getvalue().rstrip("\n").split("\n")
     text = "\n".join(lines) + "\n"
     if args.output:
