@@ -381,11 +381,12 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
         budget = memory_budget(args.device)
         for i, (params, output) in enumerate(jobs):  # before any work: outputs and sizes
             check_output(output, f"cells-file entry {i} output")
-            check_memory(kind, [params], budget)
+            check_memory(kind, params, budget)
         kept = []
         if args.skip_existing:
-            kept = [output for params, output in jobs if stored_identity_matches(kind, params, output)]
-            jobs = [(params, output) for params, output in jobs if output not in set(kept)]
+            current = [stored_identity_matches(kind, params, output) for params, output in jobs]
+            kept = [output for (_, output), keep in zip(jobs, current) if keep]
+            jobs = [job for job, keep in zip(jobs, current) if not keep]
         if run_bundle is None:
             for params, output in jobs:
                 run_cell(params, output, device=args.device, data_dir=args.data_dir)
@@ -410,7 +411,7 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
     if not args.output:
         raise InputError("output", None, "a path ending in .parquet or .csv (-o/--output)")
     check_output(args.output, "output")
-    check_memory(kind, [base], memory_budget(args.device))
+    check_memory(kind, base, memory_budget(args.device))
     run_cell(base, args.output, device=args.device, data_dir=args.data_dir)
     fast_exit_if_entry_point()
     return 0
@@ -433,11 +434,11 @@ def memory_budget(device: str) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def check_memory(kind: str, params_list: list[dict], budget: int) -> None:
-    """Refuse, before any work, cells whose estimated memory exceeds ``budget`` bytes."""
-    need = sum(estimated_cost(kind, params)["peak_bytes"] for params in params_list)
+def check_memory(kind: str, params: dict, budget: int) -> None:
+    """Refuse, before any work, a cell whose estimated memory exceeds ``budget`` bytes."""
+    need = estimated_cost(kind, params)["peak_bytes"]
     if need > budget:
-        p = complete_params(kind, params_list[0])
+        p = complete_params(kind, params)
         raise InputError("width/depth", f"width {p['width']}, depth {p['depth']}",
                          f"a network that fits in memory: this cell needs about "
                          f"{need / 1e9:.3g} GB, the device has {budget / 1e9:.3g} GB to spare")

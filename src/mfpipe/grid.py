@@ -641,8 +641,8 @@ def form_bundles(study: Study, resources: dict) -> None:
     parameters that are all in ``mfpipe.cells.MEMBER_PARAMS``; seed is always last), so the
     cells of one path prefix form a group; every group is cut into the same balanced chunks of
     at most ``resources.bundle_size`` cells whose summed memory estimate (at the study's largest
-    cell) stays within ``resources.bundle_mem_mb``.  Extra cells, a study without trailing member axes and a bundle
-    size of 1 leave cells to one job each (``Study.unbundled``).
+    cell) stays within ``resources.bundle_mem_mb``.  Extra cells, a study without trailing
+    member axes and a bundle size of 1 leave cells to one job each (``Study.unbundled``).
     """
     from mfpipe.cells import MEMBER_PARAMS  # lazy: mfpipe.cells imports this module
 
@@ -660,10 +660,9 @@ def form_bundles(study: Study, resources: dict) -> None:
         parts = cell.key.split("/")
         groups.setdefault("/".join(parts[:-n_tail]), []).append(cell)
     suffix_of = lambda cell: "/".join(cell.key.split("/")[-n_tail:])  # noqa: E731
-    for cell in study.cells[study.n_grid_cells:]:
-        if cell.key.count("/") >= n_tail and suffix_of(cell) in {suffix_of(c) for c in
-                                                                 next(iter(groups.values()))}:
-            return  # an extra cell the bundle rules would also match: keep one job per cell
+    grid_suffixes = {suffix_of(c) for c in next(iter(groups.values()))}
+    if any(suffix_of(c) in grid_suffixes for c in study.cells[study.n_grid_cells:]):
+        return  # an extra cell the bundle rules would also match: keep one job per cell
     latency = float(resources["seconds_per_layer_step"])
     base_mb = int(resources["mem_mb_base"])
     layout_index: dict[tuple[str, ...], int] = {}

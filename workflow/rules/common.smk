@@ -321,10 +321,10 @@ def figure_flags(name):
                     for flag, path in sorted(FIGURE_INPUTS[name].items()))
 
 
-# Every cell file is a target itself, not only an input of its aggregate: Snakemake (≥ 7.7)
-# does not rebuild a missing input whose consumer is up to date, so a deleted cell file would
-# stay missing (and its rows stay in the aggregate).  As a target it is rebuilt, and the
-# aggregate, the fit and the figures after it.
+# Cells are targets themselves, not only inputs of their aggregate: Snakemake (≥ 7.7) does not
+# rebuild a missing input whose consumer is up to date, so a deleted cell file would stay
+# missing (and its rows stay in the aggregate).  A one-cell job's file and a bundle's stamp are
+# targets; as targets they are rebuilt, and the aggregate, the fit and the figures after them.
 ALL_TARGETS = [c.path for s in STUDIES.values() for c in s.unbundled]
 for _bundle in (b for s in STUDIES.values() for b in s.bundles):
     ALL_TARGETS.append(_bundle.stamp)
