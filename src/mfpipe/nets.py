@@ -66,6 +66,12 @@ def activation_derivative(name: str, z: torch.Tensor) -> torch.Tensor:
     raise KeyError(name)
 
 
+def is_noisy(noise: str, keep_rate: float, noise_var: float) -> bool:
+    """Whether a network with this noise setting draws any noise at all."""
+    return (noise == "dropout" and keep_rate < 1.0) or (
+        noise in ("gaussian", "additive") and noise_var > 0.0)
+
+
 def draw_weight(shape: tuple[int, int], sigma_w2: float, init: str, generator: torch.Generator) -> torch.Tensor:
     """One weight matrix (out, in) in float64, on the generator's device."""
     w = torch.empty(shape, dtype=torch.float64, device=generator.device)
@@ -116,8 +122,7 @@ class DropoutMLP(torch.nn.Module):
 
     @property
     def noisy(self) -> bool:
-        return (self.noise == "dropout" and self.keep_rate < 1.0) or (
-            self.noise in ("gaussian", "additive") and self.noise_var > 0.0)
+        return is_noisy(self.noise, self.keep_rate, self.noise_var)
 
     def layer_dims(self) -> list[tuple[int, int]]:
         return [tuple(w.shape) for w in self.weights]

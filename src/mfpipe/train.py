@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from mfpipe import cells
 from mfpipe.data import load_dataset
 from mfpipe.errors import InputError
-from mfpipe.nets import activation_function, draw_parameters
+from mfpipe.nets import activation_function, draw_parameters, is_noisy
 
 DIVERGENCE_CHECK_EVERY = 50
 #: evaluation rows per forward pass (fixed: results must not depend on the bundle)
@@ -284,7 +284,7 @@ class _Noise:
         p0 = param_list[0]
         self.kind, self.device = p0["noise"], device
         self.additive = self.kind == "additive"
-        self.noisy = [_noisy(p) for p in param_list]
+        self.noisy = [is_noisy(p["noise"], p["keep_rate"], p["noise_var"]) for p in param_list]
         self.generators = [torch.Generator(device=device).manual_seed(cells.derive_seed(p["seed"], 2))
                            if noisy else None for p, noisy in zip(param_list, self.noisy)]
         self.T = noise_block_steps(depth, batch, width, n_in, p0["dropout_input"])
@@ -354,11 +354,6 @@ def noise_block_steps(depth: int, batch: int, width: int, n_in: int, dropout_inp
     shared shape only, so that a member's noise stream does not depend on its bundle."""
     per_step = (depth - 1) * batch * width + (batch * n_in if dropout_input else 0)
     return max(1, min(NOISE_BLOCK_STEPS, NOISE_BLOCK // max(per_step, 1)))
-
-
-def _noisy(p: dict) -> bool:
-    return (p["noise"] == "dropout" and p["keep_rate"] < 1.0) or (
-        p["noise"] in ("gaussian", "additive") and p["noise_var"] > 0.0)
 
 
 # ----------------------------------------------------------------------------- engine
