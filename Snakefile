@@ -46,6 +46,7 @@ rule all:
 
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/gradients.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"

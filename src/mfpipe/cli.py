@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("mfpipe.figures", "render the figures from parquet"),
     "status": ("mfpipe.status", "cells per study of a config: done / stale / missing, GPU-hours left"),
     "pool": ("mfpipe.pool", "run a cell command in a warm worker process (what the workflow's cell jobs do)"),
+    "search": ("mfpipe.search", "boundary search of a study: plan the next round, list its cells"),
     "cells": ("mfpipe.grid", "list the cells (paths, parameters) a config's studies expand to"),
 }
 

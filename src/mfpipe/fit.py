@@ -447,20 +447,13 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     if not 0 < interval < 1:
         raise InputError("interval", interval, "a coverage in (0, 1)")
     rows, group = prepare(frame, accuracy, step, extra_group)
-    if "seed" not in rows:
-        rows["seed"] = 0
-    rows["sigma_w2"] = rows["sigma_w2"].astype(float).round(12)
-    rows["depth"] = rows["depth"].astype(float)
     rng = np.random.default_rng(seed)
     fit_rows, boundary_frames, cell_frames, curve_frames = [], [], [], []
     pooled_parts = []
     alpha = (1 - interval) / 2
-    for panel_id, (key, panel) in enumerate(rows.groupby(group, dropna=False, sort=True)):
-        key = key if isinstance(key, tuple) else (key,)
-        labels = dict(zip(group, key))
-        if "lr_rule" in labels:  # the number, or NaN for a depth rule (lr_rule names it)
-            labels["lr"] = panel["lr"].iloc[0] if panel["lr"].nunique() == 1 else np.nan
-        p = _Panel(panel, labels, _chance_for(panel, chance), kind, value, boundary, max_loss)
+    for panel_id, (panel, p) in enumerate(_panels(rows, group, chance, kind, value, boundary,
+                                                  max_loss)):
+        labels = p.labels
         theta_boot = {}
         boot = p.bootstrap(rng, n_boot)
         pooled_parts.append((p, boot))
@@ -534,6 +527,33 @@ def fit_table(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="all",
     return FitResult(fits, boundaries, cells, curves,
                      summarize(fits, group, threshold, accuracy, boundary, n_boot, interval,
                                pooling=pooled_note(rows, group, cells, max_loss, accuracy)))
+
+
+def _panels(rows: pd.DataFrame, group: list[str], chance, kind: str, value: float,
+            boundary: str, max_loss: float):
+    """(rows, _Panel) per panel of prepared rows (``prepare``), in panel order."""
+    if "seed" not in rows:
+        rows["seed"] = 0
+    rows["sigma_w2"] = rows["sigma_w2"].astype(float).round(12)
+    rows["depth"] = rows["depth"].astype(float)
+    for key, panel in rows.groupby(group, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        labels = dict(zip(group, key))
+        if "lr_rule" in labels:  # the number, or NaN for a depth rule (lr_rule names it)
+            labels["lr"] = panel["lr"].iloc[0] if panel["lr"].nunique() == 1 else np.nan
+        yield panel, _Panel(panel, labels, _chance_for(panel, chance), kind, value, boundary,
+                            max_loss)
+
+
+def verdict_panels(frame: pd.DataFrame, accuracy: str = "train_accuracy", step="last",
+                   threshold: str = "between:0.5", chance: float | None = None,
+                   max_loss: float = MAX_LOSS) -> list["_Panel"]:
+    """The fit's verdicts without the fits (what the boundary search decides with): one
+    ``_Panel`` per panel, with ``sigma``, ``depths``, per-seed ``acc``, ``tested``,
+    ``trainable`` and ``threshold``."""
+    kind, value = parse_threshold(threshold)
+    rows, group = prepare(frame, accuracy, step)
+    return [p for _, p in _panels(rows, group, chance, kind, value, "midpoint", max_loss)]
 
 
 def pooled_note(rows: pd.DataFrame, group: list[str], cells: pd.DataFrame, max_loss: float,

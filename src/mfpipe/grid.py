@@ -312,10 +312,14 @@ class Study:
     bundles: list[Bundle] = field(default_factory=list)
     layouts: list[tuple[str, ...]] = field(default_factory=list)  # member suffixes per layout
     n_grid_cells: int = 0  # the first cells are the grid's product, the rest extra cells
+    search: dict | None = None  # boundary search options (mfpipe.search): cells by rounds
 
     @property
     def unbundled(self) -> list[Cell]:
-        """Cells trained one per job (extra cells, bundles of one, a bundle size of 1)."""
+        """Cells trained one per job (extra cells, bundles of one, a bundle size of 1); none
+        in a searched study, whose rounds train the cells they pick (mfpipe.search)."""
+        if self.search is not None:
+            return []
         inside = {id(c) for b in self.bundles for c in b.cells}
         return [c for c in self.cells if id(c) not in inside]
 
@@ -464,6 +468,20 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
     grid_spec = spec.get("grid") or {}
     settings_spec = spec.get("settings") or {}
     extra_spec = spec.get("extra_cells") or []
+    search = None
+    if spec.get("search") not in (None, False):
+        from mfpipe.search import search_options
+
+        try:
+            search = search_options(spec.get("search"), f"studies.{name}.search")
+            if kind != "train":
+                raise InputError(f"studies.{name}.search", spec.get("search"),
+                                 "a search only in a train study")
+            if extra_spec:
+                raise InputError(f"studies.{name}.search", spec.get("search"),
+                                 "search or extra_cells, not both (a search trains grid cells)")
+        except InputError as err:
+            problems.append(err)
     allowed_names = ", ".join(index)
 
     axes_values: dict[str, list] = {}
@@ -503,7 +521,10 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
         if len(axes_values) == 1:
             axes_values["seed"] = [settings.pop("seed", index["seed"].default)]
     axes = [p.name for p in params_of_kind if p.name in axes_values]
-    study = Study(name, kind, axes, settings=settings)
+    study = Study(name, kind, axes, settings=settings, search=search)
+    if search is not None and not problems and len(axes_values.get("depth", ())) < 2:
+        problems.append(InputError(f"studies.{name}.grid.depth", grid_spec.get("depth"),
+                                   "at least two depths to search over"))
     if problems:
         return study, problems
 
@@ -653,7 +674,8 @@ def form_bundles(study: Study, resources: dict) -> None:
         if axis not in MEMBER_PARAMS:
             break
         n_tail += 1
-    if study.kind != "train" or cap < 2 or n_tail == 0 or n_tail == len(study.axes):
+    if (study.kind != "train" or study.search is not None or cap < 2 or n_tail == 0
+            or n_tail == len(study.axes)):
         return
     groups: dict[str, list[Cell]] = {}
     for cell in study.cells[:study.n_grid_cells]:
@@ -923,6 +945,7 @@ def config_schema() -> dict:
     """The JSON schema of a workflow config (workflow/schemas/config.schema.yaml is this,
     written out by ``python -m mfpipe.grid --write-schema``; a test keeps them equal)."""
     from mfpipe.fit import FORM_ALIASES, FORMS, REFERENCE_RULE
+    from mfpipe.search import SEARCH_DEFAULTS
 
     forms_pattern = _comma_list_pattern("|".join(
         re.escape(name) for name in sorted(list(FORMS) + list(FORM_ALIASES), key=len, reverse=True)))
@@ -955,6 +978,18 @@ def config_schema() -> dict:
                                                          for p in params}}},
             },
         }
+        if kind == "train":
+            defs[f"{kind}_study"]["properties"]["search"] = {
+                "description": "train only the cells that bracket each column's largest "
+                               "trainable depth (mfpipe.search): true, or n0 (first guess "
+                               "n0·ξ_c) and max_rounds",
+                "anyOf": [{"type": "boolean"}, {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "n0": {"type": "number", "exclusiveMinimum": 0,
+                               "default": SEARCH_DEFAULTS["n0"]},
+                        "max_rounds": {"type": "integer", "minimum": 1,
+                                       "default": SEARCH_DEFAULTS["max_rounds"]}}}]}
     resource_props = {
         "gpus_per_cell": {"type": "integer", "minimum": 0, "description": "GPUs per cell job"},
         "flops_per_second": {"type": "number", "exclusiveMinimum": 0,

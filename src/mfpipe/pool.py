@@ -57,7 +57,7 @@ NOT_POOLED = ("pool",)
 #: Commands that import neither torch nor matplotlib: while no server is ready they run in the
 #: client at once (and start a server for the others) instead of waiting seconds for one.
 LIGHT_COMMANDS = ("theory", "critical", "iterates", "prepare-data", "aggregate", "fit", "cells",
-                  "status")
+                  "status", "search")
 _MAX_SOCKET_PATH = 100
 _HEADER = struct.Struct("!I")
 _CODE = struct.Struct("!i")

@@ -9,7 +9,11 @@ For each study: the number of cells, and how many are
   recomputes it;
 * ``missing``: no output yet;
 
-plus the estimated GPU-hours of the stale and missing cells (``resources`` of the config:
+A searched study (mfpipe.search) counts as done the grid cells that hold their current
+identity, as stale those whose file holds another, and as missing the cells of its next round
+(the rest of its grid is not meant to run); a line per search gives its rounds and columns.
+
+Plus the estimated GPU-hours of the stale and missing cells (``resources`` of the config:
 FLOP/s and per-layer latency of the target device, the same model that sets SLURM runtimes).
 Outputs without a Snakemake record (copied in, or made outside the workflow) count as done,
 as Snakemake itself treats them.
@@ -89,12 +93,39 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
     return out
 
 
-def summarise(studies: dict, states: dict, resources: dict) -> dict:
+def search_states(studies: dict, config: dict, directory: str | os.PathLike = ".") -> dict:
+    """study -> (next round's Plan, its jobs) of every searched study (mfpipe.search)."""
+    from mfpipe.search import plan_parts, study_state
+
+    out = {}
+    for name, study in studies.items():
+        if study.search is not None:
+            plan, results = study_state(study, config, str(directory))
+            stale = sum(c.key not in results and (Path(directory) / c.path).exists()
+                        for c in study.cells)
+            out[name] = (plan, plan_parts(study, plan.cells, resources_of(config)),
+                         len(results), stale)
+    return out
+
+
+def summarise(studies: dict, states: dict, resources: dict, searches: dict | None = None) -> dict:
+    """Per study: cells, done / stale / missing, jobs and GPU-hours left.  A searched study's
+    cells are its grid's; what is left is its next round (jobs: its bundles), not the grid."""
     gpus = float(resources["gpus_per_cell"]) or 1.0
     startup = float(resources["startup_seconds"])
     rows = []
+    searches = searches or {}
     for name, study in studies.items():
         s = states[name]
+        if name in searches:
+            plan, parts, done, stale = searches[name]
+            seconds = sum(startup + sum(c.seconds for c in part) for part in parts)
+            rows.append({"study": name, "kind": study.kind, "cells": len(study.cells),
+                         "done": done, "stale": stale,
+                         "missing": len(plan.cells), "jobs_left": len(parts),
+                         "gpu_hours_left": round(seconds * gpus / 3600.0, 4),
+                         "search": plan.summary()})
+            continue
         left = {id(c) for c in s["stale"] + s["missing"]}
         # a bundle job trains its stale and missing members together: one start-up, its
         # members' share of the bundle's time (FLOPs plus one shared latency floor)
@@ -115,6 +146,17 @@ def summarise(studies: dict, states: dict, resources: dict) -> dict:
     total = {k: sum(r[k] for r in rows) for k in ("cells", "done", "stale", "missing", "jobs_left")}
     total["gpu_hours_left"] = round(sum(r["gpu_hours_left"] for r in rows), 4)
     return {"studies": rows, "total": total}
+
+
+def _search_line(name: str, s: dict, directory) -> str:
+    from mfpipe.search import rounds_done
+
+    return (f"search {name}: {rounds_done(name, str(directory))} rounds planned; "
+            f"{s['columns']} columns: {s['bracketed']} bracketed, {s['censored_above']} censored "
+            f"above, {s['censored_below']} censored below, {s['open']} open "
+            f"({s['non_monotone']} non-monotone, {s['seeds_disagree']} with seeds that "
+            f"disagree); " + ("complete" if s["complete"] else
+                              f"next round: {s['cells_to_train']} cells (missing), more may follow"))
 
 
 def _table(summary: dict) -> str:
@@ -145,11 +187,15 @@ def run(args) -> int:
             raise InputError("--study", args.study, ", ".join(studies))
         studies = {args.study: studies[args.study]}
     states = cell_states(studies, args.directory)
-    summary = summarise(studies, states, resources_of(config))
+    searches = search_states(studies, config, args.directory)
+    summary = summarise(studies, states, resources_of(config), searches)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(_table(summary))
+        for row in summary["studies"]:
+            if "search" in row:
+                print(_search_line(row["study"], row["search"], args.directory))
         print(f"GPU-hours: estimates for {', '.join(sorted(KIND_COMMANDS))} cells from "
               f"depth × width × steps at resources.flops_per_second = "
               f"{resources_of(config)['flops_per_second']:.3g} FLOP/s (see mfpipe.grid).")

@@ -14,7 +14,7 @@ rule cell_list:
     localrule: True
     priority: LIGHT_PRIORITY
     wildcard_constraints:
-        study=_alternatives(list(STUDIES)),
+        study=_alternatives([name for name in STUDIES if name not in SEARCHED]),
     shell:
         "{MFPIPE} pool cells --config-json {params.study:q} --study {wildcards.study} -o {output:q}"
 
@@ -24,8 +24,11 @@ rule aggregate_cells:
         cells=lambda wildcards: [c.path for s in STUDIES.values() for c in s.unbundled
                                  if s.kind == KIND_OF_DATASET[wildcards.name]],
         bundles=lambda wildcards: BUNDLE_STAMPS[KIND_OF_DATASET[wildcards.name]],
-        lists=lambda wildcards: [f"results/cells/{study}.cells.txt"
+        lists=lambda wildcards: [cell_list_of(study)
                                  for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]],
+        # cells of finished search rounds that vanished: retrained alone, then aggregated
+        searched=lambda wildcards: [path for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]
+                                    for path in SEARCH_MISSING.get(study, ())],
     output:
         "results/{name}.parquet",
     log:

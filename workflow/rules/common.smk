@@ -16,6 +16,7 @@
 
 import json
 import os
+from pathlib import Path
 import shlex
 import shutil
 import sys
@@ -70,12 +71,37 @@ for _study in STUDIES.values():
     for _bundle in _study.bundles:
         BUNDLES[(_study.name, _bundle.layout, _bundle.prefix)] = _bundle
         BUNDLE_STAMPS[_study.kind].append(_bundle.stamp)
-    for _cell in _study.unbundled:
+    # a searched study's cells are trained by its rounds (search.smk); one of them that
+    # vanished after its round is retrained alone by train_cell (SEARCH_MISSING)
+    for _cell in (_study.cells if _study.search else _study.unbundled):
         _key = f"{_study.name}/{_cell.key}"
         CELL_ARGS[_key] = _cell.args
         CELL_MEM_MB[_key] = _cell.mem_mb
         CELL_SECONDS[_key] = _cell.seconds
     CELL_PATHS[_study.kind] += [_cell.path for _cell in _study.cells]
+
+
+# Searched studies (mfpipe.search; rules in search.smk): rounds of cells, each planned from the
+# cells that exist.  A cell a finished round trained (its part's stamp lists it) and that has
+# vanished since is asked for by name and retrained alone by train_cell, like a bundle member.
+SEARCHED = {name: s for name, s in STUDIES.items() if s.search}
+SEARCH_MISSING = {}
+for _name in SEARCHED:
+    _stamps = Path("results/search", _name, "trained")
+    for _stamp in sorted(_stamps.glob("*.json")) if _stamps.is_dir() else ():
+        try:
+            _record = json.loads(_stamp.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged stamp: its part reruns
+        SEARCH_MISSING.setdefault(_name, []).extend(
+            p for p in _record.get("trained", []) + _record.get("kept", [])
+            if f"{_name}/" + p.split(f"results/cells/{_name}/", 1)[-1][:-len(".parquet")] in CELL_ARGS
+            and not os.path.exists(p))
+
+
+def cell_list_of(study):
+    """The cell list the aggregate reads: the grid's, or what a search has trained."""
+    return f"results/search/{study}/cells.txt" if study in SEARCHED else f"results/cells/{study}.cells.txt"
 
 
 def bundle_of(wildcards, layout):
@@ -326,6 +352,9 @@ def figure_flags(name):
 # missing (and its rows stay in the aggregate).  A one-cell job's file and a bundle's stamp are
 # targets; as targets they are rebuilt, and the aggregate, the fit and the figures after them.
 ALL_TARGETS = [c.path for s in STUDIES.values() for c in s.unbundled]
+# A searched study's target is its cell list, written after its last round (search.smk).
+ALL_TARGETS += [f"results/search/{name}/cells.txt" for name in SEARCHED]
+ALL_TARGETS += [path for paths in SEARCH_MISSING.values() for path in paths]
 for _bundle in (b for s in STUDIES.values() for b in s.bundles):
     ALL_TARGETS.append(_bundle.stamp)
     # A member missing from a finished bundle is asked for by name: Snakemake reruns a job for

@@ -1,0 +1,465 @@
+"""Boundary search: the largest trainable depth of every column with a fraction of the grid.
+
+A study with a ``search`` section trains, instead of its whole Cartesian grid, only the cells
+needed to bracket the trainability boundary of each *column* (every grid parameter but depth;
+seeds pooled, as in the fit) between two adjacent values of the study's depth axis.  The cells
+it trains are the grid's own cells (same paths, identities and bundles), so a cell a full grid
+computed is reused by a search and the other way round.
+
+Rounds.  Each round looks at every cell of the study that exists and holds its current identity
+(``mfpipe.cells.stored_identity_matches``), classifies them with the fit's own rule
+(``mfpipe.fit.verdict_panels``: mean accuracy over seeds against the panel's threshold, diverged
+runs at chance), and picks per column the next depths, every seed of each:
+
+* nothing known yet: the two depths around the theory's prediction n₀·ξ_c (``n0``, default 6),
+  clipped to the depth axis (a critical column, ξ_c = ∞, starts at the deepest depths);
+* every known depth trains: widen upwards (2, 4, 8, … depth values beyond the deepest that
+  trains); none trains: widen downwards alike;
+* a trainable depth below a failing one: bisect (in log depth) until they are adjacent;
+* trouble is sampled more densely and reported: a failing depth below a trainable one
+  (``non_monotone``: every depth between them is trained), seeds that disagree at a bracket end
+  (``seeds_disagree``: the depths beside the bracket are trained too);
+* a depth some seeds have and others lack (a new seed value) gets its missing seeds.
+
+A column is ``bracketed`` (adjacent trainable / failing depths), ``censored_above`` (the deepest
+depth still trains: the boundary is at least that), ``censored_below`` (the shallowest fails) or
+still ``open``.  The search ends when no column needs a cell, or after ``max_rounds`` rounds.
+The planner keeps no state of its own: a round is a function of the config and the cells that
+exist, so an interrupted, edited or extended search simply continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mfpipe.errors import InputError
+
+#: The ``search`` section of a study: the prediction's multiplier n₀ and the most rounds.
+SEARCH_DEFAULTS = {"n0": 6.0, "max_rounds": 12}
+#: Column states.
+STATES = ("bracketed", "censored_above", "censored_below", "open")
+
+
+def search_options(spec, where: str) -> dict | None:
+    """A study's ``search`` section (``true`` for the defaults) as a dict, or None."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return dict(SEARCH_DEFAULTS)
+    if not isinstance(spec, dict):
+        raise InputError(where, spec, "true, or a mapping with n0 (> 0) and max_rounds (≥ 1)")
+    unknown = sorted(set(spec) - set(SEARCH_DEFAULTS))
+    if unknown:
+        raise InputError(f"{where}.{unknown[0]}", spec[unknown[0]], "n0 or max_rounds")
+    out = {**SEARCH_DEFAULTS, **spec}
+    if isinstance(out["n0"], bool) or not isinstance(out["n0"], (int, float)) or not out["n0"] > 0:
+        raise InputError(f"{where}.n0", out["n0"], "a number > 0 (the prediction n₀·ξ_c)")
+    if (isinstance(out["max_rounds"], bool) or not isinstance(out["max_rounds"], int)
+            or out["max_rounds"] < 1):
+        raise InputError(f"{where}.max_rounds", out["max_rounds"], "an integer ≥ 1")
+    return {"n0": float(out["n0"]), "max_rounds": int(out["max_rounds"])}
+
+
+# ----------------------------------------------------------------------------- columns
+
+@dataclass
+class Column:
+    """One column of a searched study: its cells by depth (one per seed), depth ascending."""
+
+    key: str  # the cells' path without its depth and seed levels
+    panel: str  # the key without σ_w²: the columns the fit's threshold pools
+    depths: list[int]
+    cells: list[list]  # per depth index, the cells of every seed
+    sigma_w2: float
+    xi_c: float = math.nan
+    state: str = "open"
+    non_monotone: bool = False
+    seeds_disagree: bool = False
+    bracket: tuple = (None, None)  # (largest trainable depth, next failing depth)
+    probe: list = field(default_factory=list)  # depth indices the next round trains
+
+
+def _drop_levels(key: str, names: tuple[str, ...]) -> str:
+    return "/".join(p for p in key.split("/") if p.split("=", 1)[0] not in names)
+
+
+def columns_of(study, n0: float) -> list[Column]:
+    """The columns of a study's grid cells (extra cells are not searched), with ξ_c and the
+    prediction n₀·ξ_c from the theory at each column's activation, σ_w², σ_b², ρ and noise."""
+    from mfpipe.fit import xi_columns
+
+    if study.kind != "train" or "depth" not in study.axes:
+        raise InputError(f"studies.{study.name}.search", "search",
+                         "a train study with depth as a grid axis")
+    by_key: dict[str, dict[int, list]] = {}
+    for cell in study.cells[:study.n_grid_cells]:
+        column = by_key.setdefault(_drop_levels(cell.key, ("depth", "seed")), {})
+        column.setdefault(int(cell.params["depth"]), []).append(cell)
+    columns = []
+    for key, per_depth in by_key.items():
+        depths = sorted(per_depth)
+        first = per_depth[depths[0]][0].params
+        columns.append(Column(key, _drop_levels(key, ("sigma_w2",)), depths,
+                              [per_depth[d] for d in depths], float(first["sigma_w2"])))
+    theory_in = pd.DataFrame([{k: c.cells[0][0].params.get(k, d) for k, d in
+                               (("activation", "tanh"), ("sigma_w2", 1.0), ("sigma_b2", 0.0),
+                                ("keep_rate", 1.0), ("noise", "dropout"), ("noise_var", 0.0))}
+                              for c in columns])
+    if columns:
+        xi = xi_columns(theory_in)["xi_c"].to_numpy(float)
+        for column, value in zip(columns, xi):
+            column.xi_c = float(value)
+    return columns
+
+
+def predicted_index(depths: list[int], prediction: float) -> int:
+    """Index of the deepest depth ≤ the prediction (0 when every depth is deeper)."""
+    below = [i for i, d in enumerate(depths) if d <= prediction]
+    return below[-1] if below else 0
+
+
+def _log_middle(depths, lo: int, hi: int) -> int:
+    target = 0.5 * (math.log(depths[lo]) + math.log(depths[hi]))
+    return min(range(lo + 1, hi), key=lambda i: abs(math.log(depths[i]) - target))
+
+
+def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
+    """Set the column's state, flags, bracket and the depth indices to train next from its
+    per-depth verdicts (``trainable[i]``: True / False, None when untested; ``mixed[i]``: its
+    seeds disagree)."""
+    depths, m = column.depths, len(column.depths)
+    known = [i for i in range(m) if trainable[i] is not None]
+    probe: set[int] = set()
+    column.non_monotone = column.seeds_disagree = False
+    column.bracket = (None, None)
+    if not known:
+        p = min(predicted_index(depths, n0 * column.xi_c if np.isfinite(column.xi_c) else math.inf),
+                max(m - 2, 0))
+        column.state, column.probe = "open", sorted({p, min(p + 1, m - 1)})
+        return
+    good = [i for i in known if trainable[i]]
+    bad = [i for i in known if not trainable[i]]
+    if not good:
+        lowest = min(bad)
+        column.bracket = (None, depths[lowest])
+        if lowest == 0:
+            column.state = "censored_below"
+        else:
+            column.state = "open"
+            probe.add(max(0, lowest - 2 ** len(bad)))
+    else:
+        top = max(good)
+        above = [i for i in bad if i > top]
+        if not above:
+            column.bracket = (depths[top], None)
+            if top == m - 1:
+                column.state = "censored_above"
+            else:
+                column.state = "open"
+                probe.add(min(m - 1, top + 2 ** len(good)))
+        else:
+            fail = min(above)
+            column.bracket = (depths[top], depths[fail])
+            if fail - top > 1:
+                column.state = "open"
+                probe.add(_log_middle(depths, top, fail))
+            else:
+                column.state = "bracketed"
+            # seeds that disagree at a bracket end: the depths beside the bracket as well
+            if mixed[top] or mixed[fail]:
+                column.seeds_disagree = True
+                probe.update(i for i in (top - 1, fail + 1) if 0 <= i < m)
+        # a failing depth below a trainable one: every depth between them
+        below = [i for i in bad if i < top]
+        if below:
+            column.non_monotone = True
+            probe.update(range(min(below) + 1, top))
+    column.probe = sorted(i for i in probe if trainable[i] is None)
+
+
+# ----------------------------------------------------------------------------- a round
+
+@dataclass
+class Plan:
+    """One round: every column's state and the cells to train (none: the search is done)."""
+
+    columns: list[Column]
+    cells: list  # grid cells to train, column by column
+    round: int
+    max_rounds: int
+
+    def summary(self) -> dict:
+        counts = {s: sum(c.state == s for c in self.columns) for s in STATES}
+        return {"round": self.round, "max_rounds": self.max_rounds, "columns": len(self.columns),
+                **counts, "non_monotone": sum(c.non_monotone for c in self.columns),
+                "seeds_disagree": sum(c.seeds_disagree for c in self.columns),
+                "cells_to_train": len(self.cells), "complete": not self.cells}
+
+    def column_records(self) -> list[dict]:
+        return [{"column": c.key, "sigma_w2": c.sigma_w2, "xi_c": c.xi_c, "state": c.state,
+                 "depth_max_trainable": c.bracket[0], "depth_min_untrainable": c.bracket[1],
+                 "non_monotone": c.non_monotone, "seeds_disagree": c.seeds_disagree,
+                 "next_depths": [c.depths[i] for i in c.probe]} for c in self.columns]
+
+
+def fit_options(config: dict) -> dict:
+    """The fit settings of a config that decide trainability (``mfpipe fit``'s defaults)."""
+    fit = config.get("fit") or {}
+    step = str(fit.get("step", "last"))
+    return {"accuracy": str(fit.get("accuracy", "train_accuracy")),
+            # the fit of every step fits each step apart; the search brackets the last one
+            "step": "last" if step == "all" else step,
+            "threshold": str(fit.get("threshold", "between:0.5"))}
+
+
+def plan_round(study, columns: list[Column], results: dict, options: dict, fit: dict,
+               round_index: int) -> Plan:
+    """Classify the known cells (``results``: cell key -> its rows) and pick the next cells."""
+    from mfpipe.fit import verdict_panels
+
+    panels: dict[str, list[Column]] = {}
+    for column in columns:
+        panels.setdefault(column.panel, []).append(column)
+    for members in panels.values():
+        frames = [results[c.key] for col in members for cells in col.cells for c in cells
+                  if c.key in results]
+        verdict = {}  # (σ_w², depth) -> (trainable, seeds disagree)
+        if frames:
+            found = verdict_panels(pd.concat(frames, ignore_index=True), **fit)
+            if len(found) != 1:  # a searched panel is one fit panel by construction
+                raise RuntimeError(f"search: {len(found)} fit panels in one search panel")
+            p = found[0]
+            ran = np.isfinite(p.acc)
+            with np.errstate(invalid="ignore"):  # the fraction of seeds that train
+                frac = (ran & (p.acc >= p.threshold)).sum(axis=0) / ran.sum(axis=0)
+            for ci, sigma in enumerate(p.sigma):
+                for di, depth in enumerate(p.depths):
+                    if p.tested[ci, di]:
+                        verdict[(round(float(sigma), 12), int(depth))] = (
+                            bool(p.trainable[ci, di]), 0.0 < frac[ci, di] < 1.0)
+        for column in members:
+            sigma = round(column.sigma_w2, 12)
+            states = [verdict.get((sigma, d)) for d in column.depths]
+            next_probe(column, [s[0] if s else None for s in states],
+                       [bool(s and s[1]) for s in states], options["n0"])
+    cells = []
+    if round_index < options["max_rounds"]:
+        for column in columns:
+            wanted = set(column.probe)
+            # a tested depth lacking some seeds (a new seed value) gets them
+            wanted.update(i for i, seeds in enumerate(column.cells)
+                          if any(c.key in results for c in seeds))
+            for i in sorted(wanted):
+                cells += [c for c in column.cells[i] if c.key not in results]
+    return Plan(columns, cells, round_index, options["max_rounds"])
+
+
+def simulate(study, options: dict, fit: dict, oracle, results: dict | None = None) -> list[Plan]:
+    """Run the search to its end with ``oracle(cell) -> rows`` in place of training (what the
+    tests and ``benchmarks/search.py`` feed a synthetic trainability rule); ``results`` (cell
+    key -> rows, updated) holds what exists beforehand.  Returns every round's plan."""
+    results = {} if results is None else results
+    columns = columns_of(study, options["n0"])
+    plans = []
+    for round_index in range(options["max_rounds"] + 1):
+        plan = plan_round(study, columns, results, options, fit, round_index)
+        plans.append(plan)
+        if not plan.cells:
+            break
+        for cell in plan.cells:
+            results[cell.key] = oracle(cell)
+    return plans
+
+
+def oracle_rows(cell, trainable: bool, rng) -> pd.DataFrame:
+    """A training cell's result row as a synthetic oracle reports it: accuracy ≈ 0.95 when
+    ``trainable``, else ≈ chance (0.1), with a little noise."""
+    params = {k: v for k, v in cell.params.items() if k != "checkpoints"}
+    accuracy = (0.95 if trainable else 0.1) + float(rng.normal(0, 0.01))
+    return pd.DataFrame([{**params, "step": params["steps"], "train_accuracy": accuracy,
+                          "train_loss": 0.2 if trainable else 2.3, "diverged": False}])
+
+
+def load_results(study, columns: list[Column], root: str = ".") -> dict:
+    """cell key -> rows of every grid cell whose file (under ``root``) exists and holds its
+    current identity."""
+    from mfpipe.cells import stored_identity_matches
+    from mfpipe.store import read_table
+
+    out = {}
+    for column in columns:
+        for cells in column.cells:
+            for cell in cells:
+                path = os.path.join(root, cell.path)
+                if os.path.exists(path) and stored_identity_matches(cell.kind, cell.params, path):
+                    out[cell.key] = read_table(path)
+    return out
+
+
+def rounds_done(name: str, root: str = ".") -> int:
+    """How many rounds of a study's search have a plan on disk (results/search/<study>)."""
+    from pathlib import Path
+
+    base = Path(root, "results", "search", name)
+    return sum(1 for p in base.glob("round*") if p.name[5:].isdigit() and (p / "plan.json").exists())
+
+
+def study_state(study, config: dict, root: str = ".") -> tuple[Plan, dict]:
+    """(the next round's plan, the results it saw) of a searched study from what exists under
+    ``root`` — what `mfpipe status` reports."""
+    columns = columns_of(study, study.search["n0"])
+    results = load_results(study, columns, root)
+    return plan_round(study, columns, results, study.search, fit_options(config),
+                      rounds_done(study.name, root)), results
+
+
+# ----------------------------------------------------------------------------- jobs
+
+def plan_parts(study, cells: list, resources: dict) -> list[list]:
+    """The round's cells as jobs: one per bundle (cells that share everything but the member
+    parameters, at most ``resources.bundle_size``), so that a round runs in parallel."""
+    from mfpipe.cells import bundle_key
+
+    cap = max(1, int(resources["bundle_size"]))
+    groups: dict[str, list] = {}
+    for cell in cells:
+        groups.setdefault(bundle_key(cell.kind, cell.params), []).append(cell)
+    parts = []
+    for group in groups.values():
+        n = math.ceil(len(group) / cap)
+        bounds = [round(i * len(group) / n) for i in range(n + 1)]
+        parts += [group[a:b] for a, b in zip(bounds, bounds[1:])]
+    return parts
+
+
+def write_round(directory: str, plan: Plan, parts: list[list], resources: dict) -> None:
+    """``DIR/plan.json`` (the columns, the summary, the jobs) and ``DIR/part<i>.json`` (the
+    cells of job i, in the form of ``mfpipe train-cell --cells-file``), written atomically."""
+    from mfpipe.grid import runtime_minutes
+    from mfpipe.store import atomic_path
+
+    os.makedirs(directory, exist_ok=True)
+    jobs = []
+    base = int(resources["mem_mb_base"])
+    for i, part in enumerate(parts):
+        cells = [{**c.params, "output": c.path} for c in part]
+        with atomic_path(os.path.join(directory, f"part{i}.json")) as tmp:
+            tmp.write_text(json.dumps(cells, indent=1) + "\n")
+        seconds = sum(c.seconds for c in part)
+        jobs.append({"part": i, "cells": len(part), "dataset": part[0].params["dataset"],
+                     "seconds": seconds,
+                     "mem_mb": base + sum(c.mem_mb - base for c in part),
+                     "runtime_minutes": runtime_minutes(seconds, resources)})
+    record = {"summary": plan.summary(), "jobs": jobs, "columns": plan.column_records()}
+    with atomic_path(os.path.join(directory, "plan.json")) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
+
+
+def prune_rounds(directory: str, last_round: int) -> list[str]:
+    """Remove what an earlier, longer or wider chain of rounds left in ``directory``
+    (results/search/<study>): round directories after ``last_round`` and job stamps that no
+    plan of rounds 0…last_round names, so that only the search's current record remains.
+    Returns the removed paths."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(directory)
+    keep = set()
+    for r in range(last_round + 1):
+        with open(root / f"round{r}" / "plan.json") as fh:
+            keep.update(f"round{r}-part{job['part']}.json" for job in json.load(fh)["jobs"])
+    removed = []
+    for path in sorted(root.glob("round*")):
+        if path.is_dir() and path.name[5:].isdigit() and int(path.name[5:]) > last_round:
+            shutil.rmtree(path)
+            removed.append(str(path))
+    for path in sorted((root / "trained").glob("*.json")) if (root / "trained").is_dir() else ():
+        if path.name not in keep:
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if not np.isfinite(value) else float(value)
+    raise TypeError(type(value).__name__)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configfile", "--config", action="append", default=None, metavar="YAML",
+                        help="config file(s), later ones override (default: config/config.yaml)")
+    parser.add_argument("--config-json", default=None, help="the config as JSON (the workflow's)")
+    parser.add_argument("--study", required=True, help="the searched study")
+    parser.add_argument("--round", type=int, default=None,
+                        help="plan this round into the directory -o (plan.json, part<i>.json)")
+    parser.add_argument("--list-cells", action="store_true",
+                        help="write the study's cells that exist (what the aggregate reads) to -o")
+    parser.add_argument("--last-round", type=int, default=None,
+                        help="with --list-cells: the search ended with this round; remove the "
+                             "rounds and job stamps an earlier search left beyond it")
+    parser.add_argument("-o", "--output", default=None, help="round directory or cell list")
+    parser.add_argument("--json", action="store_true", help="print the state as JSON")
+
+
+def study_plan(config: dict, name: str, round_index: int = 0):
+    """(study, Plan of the next round, the results it saw: cell key -> rows) from the cells
+    that exist, for a config's searched study."""
+    from mfpipe.grid import build_studies
+
+    studies = build_studies(config)
+    if name not in studies:
+        raise InputError("study", name, ", ".join(studies))
+    study = studies[name]
+    if study.search is None:
+        raise InputError("study", name, "a study with a search section: "
+                         + ", ".join(n for n, s in studies.items() if s.search))
+    columns = columns_of(study, study.search["n0"])
+    results = load_results(study, columns)
+    return study, plan_round(study, columns, results, study.search, fit_options(config),
+                             round_index), results
+
+
+def run(args) -> int:
+    from mfpipe.grid import config_from_args, resources_of
+    from mfpipe.store import atomic_path, check_output
+
+    config = config_from_args(args)
+    if args.round is not None and args.round < 0:
+        raise InputError("round", args.round, "an integer ≥ 0")
+    if (args.round is not None or args.list_cells) and not args.output:
+        raise InputError("output", None, "-o DIR (with --round) or -o FILE (with --list-cells)")
+    if args.list_cells:
+        check_output(args.output, "output", suffixes=(".txt",))
+    study, plan, results = study_plan(config, args.study, args.round or 0)
+    if args.round is not None:
+        resources = resources_of(config)
+        write_round(args.output, plan, plan_parts(study, plan.cells, resources), resources)
+    if args.list_cells:  # the grid cells that hold their current identity, in grid order
+        done = [c.path for c in study.cells if c.key in results]
+        with atomic_path(args.output) as tmp:
+            tmp.write_text("".join(p + "\n" for p in done))
+        if args.last_round is not None:
+            prune_rounds(os.path.join("results", "search", args.study), args.last_round)
+    summary = plan.summary()
+    if args.json:
+        print(json.dumps({"summary": summary, "columns": plan.column_records()}, indent=1,
+                         default=_json_default))
+    else:
+        print(f"search {args.study}: {summary['columns']} columns: {summary['bracketed']} "
+              f"bracketed, {summary['censored_above']} censored above, "
+              f"{summary['censored_below']} censored below, {summary['open']} open "
+              f"({summary['non_monotone']} non-monotone, {summary['seeds_disagree']} with seeds "
+              f"that disagree); next: {summary['cells_to_train']} cells")
+    return 0

@@ -1,0 +1,198 @@
+"""The boundary search (mfpipe.search) on synthetic trainability oracles: the real planner and
+the fit's rule, no training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mfpipe import search
+from mfpipe.errors import InputError
+from mfpipe.grid import ConfigError, build_studies
+
+DEPTHS = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 90, 128, 181, 256]
+SIGMAS = [1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 4.0]
+
+
+def study_of(depths=DEPTHS, sigmas=SIGMAS, seeds=(0, 1), keep_rates=(1, 0.98), **spec):
+    config = {"studies": {"s": {"kind": "train", "search": True, **spec,
+                                "grid": {"dataset": "digits", "width": 8, "depth": list(depths),
+                                         "sigma_w2": list(sigmas), "keep_rate": list(keep_rates),
+                                         "seed": list(seeds)},
+                                "settings": {"steps": 10, "batch_size": 16, "eval_size": 50}}}}
+    return build_studies(config)["s"]
+
+
+def column_key(cell) -> str:
+    return search._drop_levels(cell.key, ("depth", "seed"))
+
+
+def run_search(study, boundary, options=None, results=None, flip=lambda cell: False, seed=0):
+    """Search with the oracle 'trainable iff depth ≤ boundary(column key)' (``flip`` inverts
+    chosen cells); returns (plans, results, the cells trained in order)."""
+    rng = np.random.default_rng(seed)
+    trained = []
+
+    def oracle(cell):
+        trained.append(cell)
+        ok = cell.params["depth"] <= boundary(column_key(cell))
+        return search.oracle_rows(cell, ok != flip(cell), rng)
+
+    options = options or dict(search.SEARCH_DEFAULTS)
+    plans = search.simulate(study, options, search.fit_options({}), oracle, results)
+    return plans, trained
+
+
+def true_bracket(boundary: float, depths=DEPTHS):
+    good = [d for d in depths if d <= boundary]
+    bad = [d for d in depths if d > boundary]
+    return (good[-1] if good else None, bad[0] if bad else None)
+
+
+def xi_boundary(study, n=5.0):
+    columns = {c.key: c for c in search.columns_of(study, 6.0)}
+    return lambda key: n * min(columns[key].xi_c, 1e9)
+
+
+def test_the_search_finds_every_known_boundary_with_a_fraction_of_the_cells():
+    study = study_of()
+    boundary = xi_boundary(study)
+    plans, trained = run_search(study, boundary)
+    final = plans[-1]
+    assert final.summary()["complete"] and not final.cells
+    for column in final.columns:
+        expected = true_bracket(boundary(column.key))
+        assert column.bracket == expected, column.key
+        if expected[1] is None:
+            assert column.state == "censored_above"  # σ_w² near criticality: 256 still trains
+        else:
+            assert column.state == "bracketed"
+    assert len({c.key for c in trained}) == len(trained)  # no cell twice
+    assert len(trained) * 3 < len(study.cells)  # 15 depths: ≥ 3× fewer cells than the grid
+    # every probed depth has all its seeds (seeds are pooled, as in the fit)
+    per_depth = {}
+    for cell in trained:
+        per_depth.setdefault((column_key(cell), cell.params["depth"]), set()).add(cell.params["seed"])
+    assert all(seeds == {0, 1} for seeds in per_depth.values())
+
+
+def test_first_round_probes_the_two_depths_around_the_theory_prediction():
+    study = study_of(sigmas=[1.0, 4.0], keep_rates=[1])
+    columns = search.columns_of(study, 6.0)
+    plan = search.plan_round(study, columns, {}, dict(search.SEARCH_DEFAULTS),
+                             search.fit_options({}), 0)
+    for column in columns:
+        prediction = 6.0 * column.xi_c
+        lo, hi = (column.depths[i] for i in column.probe)
+        assert lo <= prediction < hi
+    assert len(plan.cells) == 2 * 2 * 2  # 2 columns × 2 depths × 2 seeds
+
+
+def test_censored_columns_are_reported_as_the_fit_reports_them():
+    study = study_of(sigmas=[1.0, 4.0], keep_rates=[1])
+    always = run_search(study, lambda key: math.inf)[0][-1]
+    assert {c.state for c in always.columns} == {"censored_above"}
+    assert all(c.bracket == (256, None) for c in always.columns)
+    never = run_search(study, lambda key: 1)[0][-1]
+    assert {c.state for c in never.columns} == {"censored_below"}
+    assert all(c.bracket == (None, 2) for c in never.columns)
+
+
+def test_a_non_monotone_column_is_sampled_densely_and_reported():
+    # a column known to fail at 8 but train at 2 and 16 (a hole in depth): every depth between
+    # the failing one and the deepest that trains is sampled, and the column is flagged
+    study = study_of(sigmas=[2.5], keep_rates=[1], depths=[2, 4, 8, 11, 16, 23, 32, 45, 64])
+    results = {}
+    rng = np.random.default_rng(1)
+    columns = search.columns_of(study, 6.0)
+    for cell in study.cells:  # known: fails at 8, trains at 16 and at 2
+        if cell.params["depth"] in (2, 8, 16):
+            results[cell.key] = search.oracle_rows(cell, cell.params["depth"] != 8, rng)
+    plan = search.plan_round(study, columns, results, dict(search.SEARCH_DEFAULTS),
+                             search.fit_options({}), 1)
+    (column,) = plan.columns
+    assert column.non_monotone
+    assert {cell.params["depth"] for cell in plan.cells} >= {11}  # every depth between 8 and 16
+    # run to the end (the oracle: trainable to 16 but not at 8): reported, bracketed at the top
+    plans, trained = run_search(study, lambda key: 16, results=results,
+                                flip=lambda cell: cell.params["depth"] == 8)
+    (column,) = plans[-1].columns
+    assert column.non_monotone and column.bracket == (16, 23) and column.state == "bracketed"
+    assert 11 in {c.params["depth"] for c in trained}
+
+
+def test_seeds_that_disagree_at_a_bracket_end_widen_the_sampling():
+    study = study_of(sigmas=[2.5], keep_rates=[1], seeds=(0, 1, 2))
+    # at depth 45 (the deepest that trains) seed 2 fails: 2 of 3 seeds train, the mean passes
+    plans, trained = run_search(study, lambda key: 45,
+                                flip=lambda cell: cell.params["depth"] == 45 and cell.params["seed"] == 2)
+    (column,) = plans[-1].columns
+    assert column.seeds_disagree and column.bracket == (45, 64)
+    assert {32, 90} <= {c.params["depth"] for c in trained}  # the depths beside the bracket
+
+
+def test_existing_cells_are_reused_and_a_new_seed_trains_only_its_own_cells():
+    study = study_of(sigmas=[1.0, 2.5, 4.0], keep_rates=[1])
+    boundary = xi_boundary(study)
+    rng = np.random.default_rng(0)
+    # a full grid computed before: the search trains nothing and finds the same brackets
+    full = {c.key: search.oracle_rows(c, c.params["depth"] <= boundary(column_key(c)), rng)
+            for c in study.cells}
+    plans, trained = run_search(study, boundary, results=dict(full))
+    assert trained == [] and len(plans) == 1
+    for column in plans[0].columns:
+        assert column.bracket == true_bracket(boundary(column.key))
+    # a finished search, then a third seed: only seed-2 cells, at depths already probed
+    plans, first = run_search(study, boundary)
+    results = {c.key: search.oracle_rows(c, c.params["depth"] <= boundary(column_key(c)), rng)
+               for c in first}
+    probed = {(column_key(c), c.params["depth"]) for c in first}
+    bigger = study_of(sigmas=[1.0, 2.5, 4.0], keep_rates=[1], seeds=(0, 1, 2))
+    _, second = run_search(bigger, boundary, results=results)
+    assert second and all(c.params["seed"] == 2 for c in second)
+    assert {(column_key(c), c.params["depth"]) for c in second} == probed
+
+
+def test_the_round_limit_stops_the_search_and_leaves_columns_open():
+    study = study_of(sigmas=[2.5], keep_rates=[1])
+    plans, _ = run_search(study, lambda key: 3, options={"n0": 1000.0, "max_rounds": 1})
+    assert len(plans) == 2 and plans[-1].cells == []
+    (column,) = plans[-1].columns
+    assert column.state == "open" and column.probe  # it would go on
+
+
+def test_parts_split_a_round_into_bundles_of_at_most_the_bundle_size():
+    study = study_of()
+    columns = search.columns_of(study, 6.0)
+    plan = search.plan_round(study, columns, {}, dict(search.SEARCH_DEFAULTS),
+                             search.fit_options({}), 0)
+    parts = search.plan_parts(study, plan.cells, {"bundle_size": 5})
+    assert sum(len(p) for p in parts) == len(plan.cells)
+    assert max(len(p) for p in parts) <= 5
+    for part in parts:  # one depth per part: a stacked bundle
+        assert len({c.params["depth"] for c in part}) == 1
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"search": {"n0": 0}}, "studies.s.search"),
+    ({"search": {"max_rounds": 0}}, "studies.s.search"),
+    ({"search": {"rounds": 3}}, "studies.s.search"),
+    ({"search": "yes"}, "studies.s.search"),
+])
+def test_bad_search_options_are_refused_naming_the_field(spec, field):
+    with pytest.raises(ConfigError) as err:
+        study_of(**spec)
+    assert field in str(err.value)
+
+
+def test_a_search_needs_a_train_study_with_several_depths_and_no_extra_cells():
+    with pytest.raises(ConfigError, match=r"studies\.s\.grid\.depth"):
+        study_of(depths=[8])
+    with pytest.raises(ConfigError, match="extra_cells"):
+        study_of(extra_cells=[{"depth": 2, "sigma_w2": 1.0, "keep_rate": 1, "seed": 0}])
+    with pytest.raises(InputError, match="n0"):
+        search.search_options({"n0": -1}, "studies.s.search")
+    assert search.search_options(True, "x") == search.SEARCH_DEFAULTS
+    assert search.search_options(None, "x") is None
