@@ -491,3 +491,77 @@ def test_default_pipeline_end_to_end(tmp_path):
         assert planned(work) == {}
     finally:
         stop_pool(work)
+
+
+def search_config(**train_settings) -> dict:
+    config = tiny_config(**train_settings)
+    config["studies"]["t"]["search"] = True
+    config["studies"]["t"]["grid"].update(depth=[2, 3, 4, 6, 8], sigma_w2=[1.0, 2.0, 4.0])
+    return config
+
+
+def cells_trained_since(work: Path, mark: float) -> list[str]:
+    """Cells the search's jobs trained after ``mark`` (their stamps' ``trained`` lists)."""
+    out = []
+    for stamp in (work / "results" / "search" / "t" / "trained").glob("*.json"):
+        if stamp.stat().st_mtime > mark:
+            out += json.loads(stamp.read_text())["trained"]
+    return out
+
+
+@pytest.mark.slow
+def test_a_searched_study_runs_in_rounds_and_its_staleness_follows_the_grids_rules(tmp_path):
+    work = copy_workflow(tmp_path / "wf", search_config())
+    try:
+        dry = snakemake(work, "-n")
+        text = dry.stdout + dry.stderr
+        assert "search_round" in text and "checkpoint" in text  # the DAG grows as rounds finish
+        assert "mfpipe search 't': round 0 is planned when the run starts" in text
+        mark = time.time()
+        snakemake(work)
+        first = cells_trained_since(work, mark)
+        assert len(first) == len(set(first)) > 0
+        listed = (work / "results" / "search" / "t" / "cells.txt").read_text().split()
+        assert sorted(listed) == sorted(first) and len(listed) < 15  # not the whole grid
+        assert all((work / p).exists() for p in listed)
+        rows = pq.read_table(work / "results" / "training.parquet").to_pandas()
+        assert rows["cell_id"].nunique() == len(listed)
+        assert planned(work) == {}  # a finished search: nothing to do
+        status = subprocess.run([MFPIPE, "status", "-d", str(work), "--configfile",
+                                 str(work / "config" / "config.yaml")],
+                                capture_output=True, text=True, check=True, cwd=work)
+        assert re.search(r"search t: \d+ rounds planned; 3 columns: .*; complete", status.stdout)
+
+        # a deleted cell: retrained alone, then aggregated again
+        (work / listed[0]).unlink()
+        assert planned(work) == {"train_cell": 1, "aggregate_cells": 1, "all": 1}
+        snakemake(work)
+        assert (work / listed[0]).exists() and planned(work) == {}
+
+        # a new seed: only cells of that seed are trained
+        config = search_config()
+        config["studies"]["t"]["grid"]["seed"] = [0, 1]
+        set_config(work, config)
+        mark = time.time()
+        snakemake(work)
+        new = cells_trained_since(work, mark)
+        assert new and all("/seed=1.parquet" in p for p in new)
+        assert planned(work) == {}
+
+        # a changed setting: the study's search starts over and retrains what it needs
+        config["studies"]["t"]["settings"]["steps"] = 6
+        set_config(work, config)
+        assert "search_round" in planned(work)
+        mark = time.time()
+        snakemake(work)
+        again = cells_trained_since(work, mark)
+        assert set(p for p in listed if "/seed=0" in p) <= set(again)
+        # the earlier chain's extra rounds and stamps are gone: only the current record
+        stamps = {p.name for p in (work / "results" / "search" / "t" / "trained").glob("*.json")}
+        rounds = sorted((work / "results" / "search" / "t").glob("round*"))
+        plans = [json.loads((r / "plan.json").read_text()) for r in rounds]
+        assert stamps == {f"round{p['summary']['round']}-part{j['part']}.json"
+                          for p in plans for j in p["jobs"]}
+        assert plans[-1]["summary"]["complete"]
+    finally:
+        stop_pool(work)

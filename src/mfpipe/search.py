@@ -13,8 +13,9 @@ runs at chance), and picks per column the next depths, every seed of each:
 
 * nothing known yet: the two depths around the theory's prediction n₀·ξ_c (``n0``, default 6),
   clipped to the depth axis (a critical column, ξ_c = ∞, starts at the deepest depths);
-* every known depth trains: widen upwards (2, 4, 8, … depth values beyond the deepest that
-  trains); none trains: widen downwards alike;
+* every known depth trains: widen upwards (1, 2, 4, … depth values beyond the deepest that
+  trains, one step first: the guess is usually close, and deep cells cost the most); none
+  trains: widen downwards alike;
 * a trainable depth below a failing one: bisect (in log depth) until they are adjacent;
 * trouble is sampled more densely and reported: a failing depth below a trainable one
   (``non_monotone``: every depth between them is trained), seeds that disagree at a bracket end
@@ -130,6 +131,12 @@ def _log_middle(depths, lo: int, hi: int) -> int:
     return min(range(lo + 1, hi), key=lambda i: abs(math.log(depths[i]) - target))
 
 
+def _widening(n_known: int) -> int:
+    """Depth values to step beyond the known ones, all on one side of the boundary: 1 after
+    the first round's pair (the guess was close: a deep cell costs the most), then 2, 4, …"""
+    return 2 ** max(n_known - 2, 0)
+
+
 def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
     """Set the column's state, flags, bracket and the depth indices to train next from its
     per-depth verdicts (``trainable[i]``: True / False, None when untested; ``mixed[i]``: its
@@ -153,7 +160,7 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
             column.state = "censored_below"
         else:
             column.state = "open"
-            probe.add(max(0, lowest - 2 ** len(bad)))
+            probe.add(max(0, lowest - _widening(len(bad))))
     else:
         top = max(good)
         above = [i for i in bad if i > top]
@@ -163,7 +170,7 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
                 column.state = "censored_above"
             else:
                 column.state = "open"
-                probe.add(min(m - 1, top + 2 ** len(good)))
+                probe.add(min(m - 1, top + _widening(len(good))))
         else:
             fail = min(above)
             column.bracket = (depths[top], depths[fail])

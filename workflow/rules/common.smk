@@ -128,14 +128,16 @@ def bundle_resources(layout):
         todo = sum(not stored_identity_matches(c.kind, c.params, c.path) for c in members)
         return f"{todo}/{len(members)}"
 
-    requests = {"mem_mb": lambda wildcards, attempt: bundle_of(wildcards, layout).mem_mb,
-                "runtime": lambda wildcards, attempt: runtime_minutes(
-                    bundle_of(wildcards, layout).seconds, RESOURCES, attempt),
-                "gpu": RESOURCES["gpus_per_cell"], "cells_to_train": cells_to_train}
-    # the SLURM profile's GPU type (its set-resources name the fixed cell rules only)
-    if os.environ.get("MFPIPE_SLURM_GPU_MODEL", "").strip():
-        requests["gpu_model"] = os.environ["MFPIPE_SLURM_GPU_MODEL"].strip()
-    return requests
+    return {"mem_mb": lambda wildcards, attempt: bundle_of(wildcards, layout).mem_mb,
+            "runtime": lambda wildcards, attempt: runtime_minutes(
+                bundle_of(wildcards, layout).seconds, RESOURCES, attempt),
+            "gpu": RESOURCES["gpus_per_cell"], "cells_to_train": cells_to_train, **GPU_MODEL}
+
+
+# The SLURM profile's GPU type for the rules it cannot name (its set-resources name the fixed
+# cell rules only): bundle rules and search jobs.
+GPU_MODEL = ({"gpu_model": os.environ["MFPIPE_SLURM_GPU_MODEL"].strip()}
+             if os.environ.get("MFPIPE_SLURM_GPU_MODEL", "").strip() else {})
 
 
 def bundle_priority(layout):
