@@ -677,16 +677,22 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
         b = boundaries[boundaries["panel"] == p]
         obs = b[b["censored"] == "observed"]
         ax.plot(obs["sigma_w2"], obs["boundary"], "o", ms=2.5, color="white", mec="black", mew=0.4)
+        above = b[b["censored"] == "above"]  # the deepest tested depth still trains
+        if len(above):
+            ax.plot(above["sigma_w2"], above["depth_max_trainable"], "^", ms=4, color="white",
+                    mec="black", mew=0.4, label="boundary ≥ (deepest tested)")
         ax.set_ylim(d_edges[0], top)
         ax.set_xlim(w_edges[0], w_edges[-1])
         ax.set_title(_panel_title(row, varying), fontsize=9)
         ax.set_xlabel(SYM["sigma_w2"])
         ax.set_ylabel(SYM["depth"])
         ax.grid(False)
-        ax.legend(loc="upper right", fontsize=7, labelcolor="white", handlelength=1.5)
+        # on a dark frame: a searched study leaves untested cells blank (white)
+        ax.legend(loc="upper right", fontsize=7, labelcolor="white", handlelength=1.5,
+                  frameon=True, facecolor="0.25", edgecolor="none", framealpha=0.75)
     fig.colorbar(mesh, ax=axes, label="training accuracy", shrink=0.8)
     fig.suptitle("Trainability: accuracy over (" + SYM["sigma_w2"] + ", L); lines: fitted rules, "
-                 "white: published rules, dots: boundary", fontsize=10)
+                 "white: published rules, dots: boundary; blank: not trained", fontsize=10)
     return fig
 
 
