@@ -196,3 +196,34 @@ def test_a_search_needs_a_train_study_with_several_depths_and_no_extra_cells():
         search.search_options({"n0": -1}, "studies.s.search")
     assert search.search_options(True, "x") == search.SEARCH_DEFAULTS
     assert search.search_options(None, "x") is None
+
+
+def test_the_search_command_plans_a_round_and_refuses_a_study_without_search(tmp_path, monkeypatch, capsys):
+    import json
+
+    import yaml
+
+    from mfpipe.cli import main
+
+    config = {"studies": {
+        "s": {"kind": "train", "search": {"n0": 6, "max_rounds": 3},
+              "grid": {"dataset": "digits", "width": 8, "depth": [2, 4, 8, 16],
+                       "sigma_w2": [1.0, 4.0], "seed": [0, 1]},
+              "settings": {"steps": 10, "batch_size": 16, "eval_size": 50}},
+        "g": {"kind": "train", "grid": {"dataset": "digits", "width": 8, "depth": [2, 4]},
+              "settings": {"steps": 10, "batch_size": 16, "eval_size": 50}}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--config", str(path), "--study", "s", "--round", "0",
+                 "-o", "results/search/s/round0", "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["summary"]["cells_to_train"] == 8 and state["summary"]["open"] == 2
+    plan = json.loads((tmp_path / "results/search/s/round0/plan.json").read_text())
+    parts = [json.loads((tmp_path / f"results/search/s/round0/part{j['part']}.json").read_text())
+             for j in plan["jobs"]]
+    assert sum(len(p) for p in parts) == 8
+    assert all(c["output"].startswith("results/cells/s/dataset=digits/") for p in parts for c in p)
+    assert main(["search", "--config", str(path), "--study", "g"]) == 2  # not a searched study
+    err = capsys.readouterr().err
+    assert "study" in err and "a study with a search section: s" in err

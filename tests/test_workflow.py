@@ -131,9 +131,9 @@ def set_config(workdir: Path, config: dict) -> None:
 def test_dry_run_of_the_default_config_needs_no_data(tmp_path):
     work = copy_workflow(tmp_path / "wf")
     counts = planned(work)
-    # 144 training cells in 6 bundle jobs (one per depth: 6 σ_w² × 2 ρ × 2 seeds each)
-    assert counts["train_bundle_0"] == 6 and "train_cell" not in counts and counts["grad_cell"] == 6
-    assert training_plan(work) == (6, 144)
+    # the training study is a search: its first round is a checkpoint, its cells come after it
+    assert counts["search_round"] == 1 and counts["search_cells"] == 1
+    assert not any(k.startswith("train_") for k in counts) and counts["grad_cell"] == 6
     assert counts["prepare_data"] == 1  # the data are made by the run, not needed for -n
     assert counts["aggregate_cells"] == 2 and counts["fit"] == 1 and counts["all"] == 1
     assert not (work / "data").exists() and not (work / "results").exists()
@@ -482,10 +482,15 @@ def test_default_pipeline_end_to_end(tmp_path):
         for name in ("training", "gradients", "theory", "fit"):
             assert (work / "results" / f"{name}.parquet").stat().st_size > 0
         training = pq.read_table(work / "results" / "training.parquet").to_pandas()
-        assert training["cell_id"].nunique() == 144
-        final = training[training["step"] == training["steps"]]
-        shallow = final[final["depth"] == 4]["train_accuracy"].mean()
-        assert shallow > 0.5  # shallow networks learn mnist5k
+        searched = (work / "results" / "search" / "training" / "cells.txt").read_text().split()
+        assert training["cell_id"].nunique() == len(searched) < 396 / 2  # of the grid's 396
+        # what the default shows: at ρ = 1 the largest trainable depth peaks at criticality, at
+        # least 3× what it is at σ_w² = 1 and 4; dropout (ρ = 0.98) caps it
+        bounds = pq.read_table(work / "results" / "fit.boundaries.parquet").to_pandas()
+        rho1 = bounds[bounds["keep_rate"] == 1].set_index("sigma_w2")
+        critical = rho1.loc[1.76, "depth_max_trainable"]  # a lower bound when censored above
+        assert critical >= 3 * rho1.loc[1.0, "boundary"] and critical >= 3 * rho1.loc[4.0, "boundary"]
+        assert bounds[bounds["keep_rate"] == 0.98]["boundary"].max() < critical
         figures = sorted(p.name for p in (work / "results" / "figures").glob("*.png"))
         assert {"trainability.png", "fit_summary.png", "gradient_norms.png"} <= set(figures)
         assert planned(work) == {}

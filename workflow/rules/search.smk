@@ -36,8 +36,13 @@ def search_part_stamps(study, round_index):
 
 
 def search_round_input(wildcards):
+    """Round 0: the study's data files (prepared first, as for a grid; -n shows it), later
+    rounds: every job of the round before."""
     r = int(wildcards.round)
-    return [] if r == 0 else search_part_stamps(wildcards.study, r - 1)
+    if r == 0:
+        return sorted({DATA_FILE.format(dataset=c.params["dataset"])
+                       for c in SEARCHED[wildcards.study].cells})
+    return search_part_stamps(wildcards.study, r - 1)
 
 
 def search_rounds(wildcards):
