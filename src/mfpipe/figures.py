@@ -658,7 +658,7 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
         mesh = ax.pcolormesh(w_edges, d_edges, grid.to_numpy(float), shading="flat", cmap="viridis",
                              vmin=lo, vmax=max(np.nanmax(grid.values), lo + 1e-3))
         if log_depth:
-            ax.set_yscale("log")
+            _log_depth_axis(ax)
         cv = curves[curves["panel"] == p]
         top = d_edges[-1]
         for form, fc, fr in _fitted_curves(cv, fits, p, forms):
@@ -694,6 +694,16 @@ def trainability(cells, boundaries, curves, fits, forms=("n*xi_c",), reference="
     fig.suptitle("Trainability: accuracy over (" + SYM["sigma_w2"] + ", L); lines: fitted rules, "
                  "white: published rules, dots: boundary; blank: not trained", fontsize=10)
     return fig
+
+
+def _log_depth_axis(ax) -> None:
+    """A log depth axis labelled with plain numbers (20, 50, 100, 200), also within a decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
 def _is_geometric(values) -> bool:
