@@ -5,9 +5,9 @@
    trainable iff depth ≤ n·ξ_c (n = 6, times a log-normal factor per column), seeds flipping
    near the boundary and a few columns with a hole (non-monotone); cells and rounds of the
    search against the full grid, and how many columns get the full grid's bracket;
-2. ``cpu`` — a CPU-sized study trained for real here (mnist5k, 12 σ_w², 8 depths, ρ ∈ {1, 0.98},
-   2 seeds): the full grid, then the search in rounds (each round's cells as stacked bundles,
-   `mfpipe train-cell --cells-file`), one process at a time; cells trained, wall time,
+2. ``cpu`` — a CPU-sized study trained for real here (mnist5k, 12 σ_w², 15 depths, ρ ∈ {1, 0.98},
+   2 seeds): the full grid, then the search in rounds, each in one process (`mfpipe train-cell
+   --cells-file` stacks a round's cells into bundles by depth); cells trained, wall time,
    columns with the same bracket (goal ≥ 90%), the fitted n of n·ξ_c with its interval per ρ
    (goal: overlapping), and the ratio of cells (goal ≥ 5×).
 
@@ -113,7 +113,7 @@ def bench_presets(seed: int) -> None:
 CPU_STUDY = {
     "kind": "train", "search": True,
     "grid": {"dataset": "mnist5k", "activation": "tanh", "width": 32,
-             "depth": [2, 3, 4, 6, 8, 11, 16, 23],
+             "depth": [2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 19, 23, 27, 32],
              "sigma_w2": [0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.76, 2.0, 2.4, 3.0, 4.0, 6.0],
              "sigma_b2": 0.05, "keep_rate": [1, 0.98], "seed": [0, 1]},
     "settings": {"optimizer": "sgd", "lr": 0.01, "batch_size": 64, "steps": 200,
@@ -121,15 +121,15 @@ CPU_STUDY = {
 }
 
 
-def train_cells(cells, workdir: Path, data_dir: str, resources: dict) -> float:
-    """Train ``cells`` as stacked bundles, one process per bundle, one at a time; seconds."""
+def train_cells(cells, workdir: Path, data_dir: str) -> float:
+    """Train ``cells`` in one process (`train-cell --cells-file` stacks them into bundles by
+    depth), as one round or the whole grid; seconds."""
     start = time.perf_counter()
-    for i, part in enumerate(search.plan_parts(None, cells, resources)):
-        cells_file = workdir / "part.json"
-        cells_file.write_text(json.dumps([{**c.params, "output": c.path} for c in part]))
-        subprocess.run([MFPIPE, "train-cell", "--cells-file", str(cells_file), "--data-dir",
-                        data_dir, "--device", "cpu", "--threads", "1"], cwd=workdir, check=True,
-                       stdout=subprocess.DEVNULL)
+    cells_file = workdir / "cells.json"
+    cells_file.write_text(json.dumps([{**c.params, "output": c.path} for c in cells]))
+    subprocess.run([MFPIPE, "train-cell", "--cells-file", str(cells_file), "--data-dir",
+                    data_dir, "--device", "cpu", "--threads", "1"], cwd=workdir, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -143,15 +143,12 @@ def fitted_n(study, results) -> pd.DataFrame:
 
 
 def bench_cpu(data_dir: str) -> None:
-    from mfpipe.grid import resources_of
-
     print("\n== cpu: a CPU-sized study trained here, full grid then search (1 process at a time)")
-    resources = resources_of({})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         study = build_studies({"studies": {"cpu": CPU_STUDY}})["cpu"]
         columns = search.columns_of(study, study.search["n0"])
-        full_seconds = train_cells(study.cells, work, data_dir, resources)
+        full_seconds = train_cells(study.cells, work, data_dir)
         full = search.load_results(study, columns, str(work))
         assert len(full) == len(study.cells)
         full_plan = full_grid_plan(study, full)
@@ -167,7 +164,7 @@ def bench_cpu(data_dir: str) -> None:
             search_seconds += time.perf_counter() - start
             if not plan.cells:
                 break
-            search_seconds += train_cells(plan.cells, search_dir, data_dir, resources)
+            search_seconds += train_cells(plan.cells, search_dir, data_dir)
             searched += plan.cells
             rounds += 1
         got, want = brackets(plan), brackets(full_plan)

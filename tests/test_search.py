@@ -83,11 +83,15 @@ def test_first_round_probes_the_two_depths_around_the_theory_prediction():
     columns = search.columns_of(study, 6.0)
     plan = search.plan_round(study, columns, {}, dict(search.SEARCH_DEFAULTS),
                              search.fit_options({}), 0)
+    anchor = max(columns, key=lambda c: c.xi_c)  # σ_w² = 4: ξ_c 7.0 against 3.6
     for column in columns:
         prediction = 6.0 * column.xi_c
-        lo, hi = (column.depths[i] for i in column.probe)
+        pair = column.probe[1:] if column is anchor else column.probe
+        lo, hi = (column.depths[i] for i in pair)
         assert lo <= prediction < hi
-    assert len(plan.cells) == 2 * 2 * 2  # 2 columns × 2 depths × 2 seeds
+    # the anchor of the panel's threshold: its best cell, at the shallowest depth
+    assert anchor.probe[0] == 0 and anchor.sigma_w2 == 4.0
+    assert len(plan.cells) == (2 * 2 + 1) * 2  # (2 columns × 2 depths + the anchor) × 2 seeds
 
 
 def test_censored_columns_are_reported_as_the_fit_reports_them():
@@ -130,7 +134,7 @@ def test_seeds_that_disagree_at_a_bracket_end_widen_the_sampling():
                                 flip=lambda cell: cell.params["depth"] == 45 and cell.params["seed"] == 2)
     (column,) = plans[-1].columns
     assert column.seeds_disagree and column.bracket == (45, 64)
-    assert {32, 90} <= {c.params["depth"] for c in trained}  # the depths beside the bracket
+    assert 32 in {c.params["depth"] for c in trained}  # below the trainable end they split on
 
 
 def test_existing_cells_are_reused_and_a_new_seed_trains_only_its_own_cells():
@@ -218,12 +222,34 @@ def test_the_search_command_plans_a_round_and_refuses_a_study_without_search(tmp
     assert main(["search", "--config", str(path), "--study", "s", "--round", "0",
                  "-o", "results/search/s/round0", "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
-    assert state["summary"]["cells_to_train"] == 8 and state["summary"]["open"] == 2
+    assert state["summary"]["cells_to_train"] == 10 and state["summary"]["open"] == 2
     plan = json.loads((tmp_path / "results/search/s/round0/plan.json").read_text())
     parts = [json.loads((tmp_path / f"results/search/s/round0/part{j['part']}.json").read_text())
              for j in plan["jobs"]]
-    assert sum(len(p) for p in parts) == 8
+    assert sum(len(p) for p in parts) == 10  # 2 columns × 2 depths + depth 2 of σ_w² = 4, × 2 seeds
     assert all(c["output"].startswith("results/cells/s/dataset=digits/") for p in parts for c in p)
     assert main(["search", "--config", str(path), "--study", "g"]) == 2  # not a searched study
     err = capsys.readouterr().err
     assert "study" in err and "a study with a search section: s" in err
+
+
+def test_a_column_that_must_widen_jumps_to_the_multiplier_its_panel_shows():
+    depths = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64]
+    column = search.Column("c", "p", depths, [[] for _ in depths], 2.0, xi_c=4.0)
+    unknown = [None] * len(depths)
+    both_fail = list(unknown)
+    both_fail[8] = both_fail[9] = False  # 32 and 45 fail (the first guess 6·ξ_c = 24 was deep)
+    search.next_probe(column, both_fail, [False] * len(depths), 6.0)
+    assert column.probe == [7]  # no calibration: one step down
+    search.next_probe(column, both_fail, [False] * len(depths), 6.0, n_panel=2.0)
+    assert column.probe == [4]  # the panel's columns say n = 2: straight to 2·ξ_c = 8
+    both_train = list(unknown)
+    both_train[2] = both_train[3] = True
+    search.next_probe(column, both_train, [False] * len(depths), 6.0, n_panel=8.0)
+    assert column.probe == [8]  # up to 8·ξ_c = 32
+    # the panel's n: the median of boundary / ξ_c over bracketed columns (identric mean)
+    a = search.Column("a", "p", depths, [], 1.0, xi_c=4.0, state="bracketed", bracket=(8, 11))
+    b = search.Column("b", "p", depths, [], 1.5, xi_c=8.0, state="bracketed", bracket=(16, 23))
+    c = search.Column("c", "p", depths, [], 2.0, xi_c=math.inf, state="censored_above")
+    n = search.panel_multiplier([a, b, c])
+    assert 2.3 < n < 2.5 and search.panel_multiplier([c]) is None

@@ -13,14 +13,16 @@ runs at chance), and picks per column the next depths, every seed of each:
 
 * nothing known yet: the two depths around the theory's prediction n₀·ξ_c (``n0``, default 6),
   clipped to the depth axis (a critical column, ξ_c = ∞, starts at the deepest depths);
-* every known depth trains: widen upwards (1, 2, 4, … depth values beyond the deepest that
-  trains, one step first: the guess is usually close, and deep cells cost the most); none
-  trains: widen downwards alike;
+* every known depth trains: widen upwards — to n̂·ξ_c, where n̂ is the median boundary / ξ_c
+  of the panel's bracketed columns, or without any by 1, 2, 4, … depth values (one step first:
+  the guess is usually close, and deep cells cost the most); none trains: downwards alike;
 * a trainable depth below a failing one: bisect (in log depth) until they are adjacent;
 * trouble is sampled more densely and reported: a failing depth below a trainable one
   (``non_monotone``: every depth between them is trained), seeds that disagree at a bracket end
-  (``seeds_disagree``: the depths beside the bracket are trained too);
-* a depth some seeds have and others lack (a new seed value) gets its missing seeds.
+  (``seeds_disagree``: the depth beside that end, outside the bracket, is trained too);
+* a depth some seeds have and others lack (a new seed value) gets its missing seeds;
+* the fit's threshold is relative to the panel's best cell, which a full grid finds at a shallow
+  depth: per panel, the column with the largest ξ_c also trains its shallowest depth.
 
 A column is ``bracketed`` (adjacent trainable / failing depths), ``censored_above`` (the deepest
 depth still trains: the boundary is at least that), ``censored_below`` (the shallowest fails) or
@@ -137,11 +139,17 @@ def _widening(n_known: int) -> int:
     return 2 ** max(n_known - 2, 0)
 
 
-def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
+def next_probe(column: Column, trainable: list, mixed: list, n0: float,
+               n_panel: float | None = None) -> None:
     """Set the column's state, flags, bracket and the depth indices to train next from its
     per-depth verdicts (``trainable[i]``: True / False, None when untested; ``mixed[i]``: its
-    seeds disagree)."""
+    seeds disagree).  ``n_panel``: the multiplier n of L = n·ξ_c that the panel's bracketed
+    columns show; a column that must widen jumps to n_panel·ξ_c instead of stepping."""
     depths, m = column.depths, len(column.depths)
+    target = None
+    if n_panel is not None and np.isfinite(column.xi_c) and column.xi_c > 0:
+        goal = math.log(n_panel * column.xi_c)
+        target = min(range(m), key=lambda i: abs(math.log(depths[i]) - goal))
     known = [i for i in range(m) if trainable[i] is not None]
     probe: set[int] = set()
     column.non_monotone = column.seeds_disagree = False
@@ -160,7 +168,8 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
             column.state = "censored_below"
         else:
             column.state = "open"
-            probe.add(max(0, lowest - _widening(len(bad))))
+            step = lowest - _widening(len(bad)) if target is None else min(lowest - 1, target)
+            probe.add(max(0, step))
     else:
         top = max(good)
         above = [i for i in bad if i > top]
@@ -170,7 +179,8 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
                 column.state = "censored_above"
             else:
                 column.state = "open"
-                probe.add(min(m - 1, top + _widening(len(good))))
+                step = top + _widening(len(good)) if target is None else max(top + 1, target)
+                probe.add(min(m - 1, step))
         else:
             fail = min(above)
             column.bracket = (depths[top], depths[fail])
@@ -179,10 +189,12 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
                 probe.add(_log_middle(depths, top, fail))
             else:
                 column.state = "bracketed"
-            # seeds that disagree at a bracket end: the depths beside the bracket as well
+            # seeds that disagree at a bracket end: the depth beside it on that side as well
+            # (below a trainable end that some seeds fail, above a failing end some seeds train)
             if mixed[top] or mixed[fail]:
                 column.seeds_disagree = True
-                probe.update(i for i in (top - 1, fail + 1) if 0 <= i < m)
+                probe.update(i for i, trouble in ((top - 1, mixed[top]), (fail + 1, mixed[fail]))
+                             if trouble and 0 <= i < m)
         # a failing depth below a trainable one: every depth between them
         below = [i for i in bad if i < top]
         if below:
@@ -192,6 +204,16 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float) -> None:
 
 
 # ----------------------------------------------------------------------------- a round
+
+def panel_multiplier(columns: list[Column]) -> float | None:
+    """The median n = boundary / ξ_c of the bracketed columns with a finite ξ_c (the boundary:
+    the identric mean of the bracket, as the fit takes it), or None when there is none."""
+    from mfpipe.fit import identric_mean
+
+    ratios = [float(identric_mean(c.bracket[0], c.bracket[1])) / c.xi_c for c in columns
+              if c.state == "bracketed" and np.isfinite(c.xi_c) and c.xi_c > 0]
+    return float(np.median(ratios)) if ratios else None
+
 
 @dataclass
 class Plan:
@@ -251,11 +273,24 @@ def plan_round(study, columns: list[Column], results: dict, options: dict, fit: 
                     if p.tested[ci, di]:
                         verdict[(round(float(sigma), 12), int(depth))] = (
                             bool(p.trainable[ci, di]), 0.0 < frac[ci, di] < 1.0)
+        states = {}
         for column in members:
             sigma = round(column.sigma_w2, 12)
-            states = [verdict.get((sigma, d)) for d in column.depths]
-            next_probe(column, [s[0] if s else None for s in states],
-                       [bool(s and s[1]) for s in states], options["n0"])
+            states[column.key] = [verdict.get((sigma, d)) for d in column.depths]
+        # twice: the panel's bracketed columns tell n of L = n·ξ_c, where the others jump to
+        n_panel = None
+        for _ in range(2):
+            for column in members:
+                known = states[column.key]
+                next_probe(column, [s[0] if s else None for s in known],
+                           [bool(s and s[1]) for s in known], options["n0"], n_panel)
+            n_panel = panel_multiplier(members)
+        # The fit's threshold is relative to the panel's best cell, which a full grid finds at a
+        # shallow depth: the column likeliest to hold it (the largest ξ_c) also trains its
+        # shallowest depth, so that the search judges with the threshold the full grid would.
+        anchor = max(members, key=lambda c: c.xi_c if np.isfinite(c.xi_c) else math.inf)
+        if (round(anchor.sigma_w2, 12), anchor.depths[0]) not in verdict and 0 not in anchor.probe:
+            anchor.probe = [0] + anchor.probe
     cells = []
     if round_index < options["max_rounds"]:
         for column in columns:
