@@ -694,17 +694,13 @@ def form_bundles(study: Study, resources: dict) -> None:
     # rule's {prefix} matches any prefix: two layouts holding one suffix would both claim it).
     member_mb = max(c.mem_mb - base_mb for c in study.cells[:study.n_grid_cells]) or 1
     size = max(1, min(cap, (int(resources["bundle_mem_mb"]) - base_mb) // member_mb))
-    n_members = len(next(iter(groups.values())))
-    n_chunks = math.ceil(n_members / size)
-    bounds = [round(i * n_members / n_chunks) for i in range(n_chunks + 1)]  # balanced: ±1
     for prefix, members in groups.items():
         if len(members) < 2:
             continue
         shared = " ".join(f for f in _split_flags(members[0].args) if f.split(" ")[0]
                           not in tail_flags and f.split(" ")[0].replace("--no-", "--", 1)
                           not in tail_flags)
-        for start, end in zip(bounds, bounds[1:]):
-            chunk = members[start:end]
+        for chunk in balanced_chunks(members, size):
             if len(chunk) < 2:
                 continue  # a bundle of one is a cell job
             suffixes = tuple(suffix_of(c) for c in chunk)
@@ -715,6 +711,14 @@ def form_bundles(study: Study, resources: dict) -> None:
                 seconds=sum(c.seconds for c in chunk) - (len(chunk) - 1) * shared_floor,
                 mem_mb=base_mb + sum(c.mem_mb - base_mb for c in chunk)))
     study.layouts = list(layout_index)
+
+
+def balanced_chunks(items: list, size: int) -> list[list]:
+    """``items`` cut into the fewest consecutive chunks of at most ``size``, their lengths
+    within 1 of each other (10 by 4: 3, 4, 3)."""
+    n_chunks = math.ceil(len(items) / size)
+    bounds = [round(i * len(items) / n_chunks) for i in range(n_chunks + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _split_flags(args: str) -> list[str]:

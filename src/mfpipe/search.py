@@ -353,13 +353,16 @@ def rounds_done(name: str, root: str = ".") -> int:
     return sum(1 for p in base.glob("round*") if p.name[5:].isdigit() and (p / "plan.json").exists())
 
 
-def study_state(study, config: dict, root: str = ".") -> tuple[Plan, dict]:
-    """(the next round's plan, the results it saw) of a searched study from what exists under
-    ``root`` — what `mfpipe status` reports."""
+def study_state(study, config: dict, root: str = ".", round_index: int | None = None
+                ) -> tuple[Plan, dict]:
+    """(the plan of round ``round_index`` — default: the round after those on disk — and the
+    results it saw: cell key -> rows) of a searched study, from what exists under ``root``."""
     columns = columns_of(study, study.search["n0"])
     results = load_results(study, columns, root)
+    if round_index is None:
+        round_index = rounds_done(study.name, root)
     return plan_round(study, columns, results, study.search, fit_options(config),
-                      rounds_done(study.name, root)), results
+                      round_index), results
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -368,17 +371,13 @@ def plan_parts(study, cells: list, resources: dict) -> list[list]:
     """The round's cells as jobs: one per bundle (cells that share everything but the member
     parameters, at most ``resources.bundle_size``), so that a round runs in parallel."""
     from mfpipe.cells import bundle_key
+    from mfpipe.grid import balanced_chunks
 
     cap = max(1, int(resources["bundle_size"]))
     groups: dict[str, list] = {}
     for cell in cells:
         groups.setdefault(bundle_key(cell.kind, cell.params), []).append(cell)
-    parts = []
-    for group in groups.values():
-        n = math.ceil(len(group) / cap)
-        bounds = [round(i * len(group) / n) for i in range(n + 1)]
-        parts += [group[a:b] for a, b in zip(bounds, bounds[1:])]
-    return parts
+    return [part for group in groups.values() for part in balanced_chunks(group, cap)]
 
 
 def write_round(directory: str, plan: Plan, parts: list[list], resources: dict) -> None:
@@ -455,22 +454,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the state as JSON")
 
 
-def study_plan(config: dict, name: str, round_index: int = 0):
-    """(study, Plan of the next round, the results it saw: cell key -> rows) from the cells
-    that exist, for a config's searched study."""
+def searched_study(config: dict, name: str):
+    """A config's study ``name``, which must have a search section."""
     from mfpipe.grid import build_studies
 
     studies = build_studies(config)
     if name not in studies:
         raise InputError("study", name, ", ".join(studies))
-    study = studies[name]
-    if study.search is None:
+    if studies[name].search is None:
         raise InputError("study", name, "a study with a search section: "
                          + ", ".join(n for n, s in studies.items() if s.search))
-    columns = columns_of(study, study.search["n0"])
-    results = load_results(study, columns)
-    return study, plan_round(study, columns, results, study.search, fit_options(config),
-                             round_index), results
+    return studies[name]
 
 
 def run(args) -> int:
@@ -484,7 +478,8 @@ def run(args) -> int:
         raise InputError("output", None, "-o DIR (with --round) or -o FILE (with --list-cells)")
     if args.list_cells:
         check_output(args.output, "output", suffixes=(".txt",))
-    study, plan, results = study_plan(config, args.study, args.round or 0)
+    study = searched_study(config, args.study)
+    plan, results = study_state(study, config, round_index=args.round or 0)
     if args.round is not None:
         resources = resources_of(config)
         write_round(args.output, plan, plan_parts(study, plan.cells, resources), resources)

@@ -86,7 +86,8 @@ for _study in STUDIES.values():
 # vanished since is asked for by name and retrained alone by train_cell, like a bundle member.
 SEARCHED = {name: s for name, s in STUDIES.items() if s.search}
 SEARCH_MISSING = {}
-for _name in SEARCHED:
+for _name, _study in SEARCHED.items():
+    _paths = {c.path for c in _study.cells}  # a stamp may list cells the grid no longer has
     _stamps = Path("results/search", _name, "trained")
     for _stamp in sorted(_stamps.glob("*.json")) if _stamps.is_dir() else ():
         try:
@@ -95,8 +96,7 @@ for _name in SEARCHED:
             continue  # a damaged stamp: its part reruns
         SEARCH_MISSING.setdefault(_name, []).extend(
             p for p in _record.get("trained", []) + _record.get("kept", [])
-            if f"{_name}/" + p.split(f"results/cells/{_name}/", 1)[-1][:-len(".parquet")] in CELL_ARGS
-            and not os.path.exists(p))
+            if p in _paths and not os.path.exists(p))
 
 
 def cell_list_of(study):
