@@ -277,15 +277,15 @@ def bundles_of(config, name="s"):
     return build_studies(config)[name]
 
 
-def test_cells_form_bundles_over_the_trailing_member_axes():
+def test_cells_form_bundles_over_the_member_axes():
     st = bundles_of({"studies": {"s": study(
         {"depth": [2, 4], "sigma_w2": [1, 2, 3], "keep_rate": [1, 0.9], "seed": [0, 1]},
         {"steps": 10})}})
     assert len(st.bundles) == 2 and st.unbundled == []  # one bundle per depth
-    assert [len(b.cells) for b in st.bundles] == [12, 12] and len(st.layouts) == 1
+    assert [len(b.cells) for b in st.bundles] == [12, 12]
     b = st.bundles[1]
-    assert b.prefix == "dataset=mnist5k/depth=4"
-    assert b.stamp == "results/bundles/s/dataset=mnist5k/depth=4/layout0.json"
+    assert b.group == "dataset=mnist5k/depth=4"
+    assert b.stamp == "results/bundles/s/dataset=mnist5k/depth=4/bundle0.json"
     assert {c.params["depth"] for c in b.cells} == {4}
     # what a bundle job reconstructs from its flags and each member's path is that cell
     parser = argparse.ArgumentParser()
@@ -299,6 +299,18 @@ def test_cells_form_bundles_over_the_trailing_member_axes():
     assert b.seconds < sum(c.seconds for c in b.cells)
 
 
+def test_member_axes_need_not_be_the_last_ones():
+    """init and seed are member axes before depth and width: one bundle per (depth, width)."""
+    st = bundles_of({"studies": {"s": study(
+        {"init": ["gaussian", "orthogonal"], "seed": [0, 1], "depth": [2, 4], "width": [8, 16]},
+        {"steps": 10})}})
+    assert st.unbundled == [] and len(st.bundles) == 4
+    for b in st.bundles:
+        assert len(b.cells) == 4 and "init=" not in b.group and "seed=" not in b.group
+        assert len({(c.params["depth"], c.params["width"]) for c in b.cells}) == 1
+        assert "--init" not in b.args and "--seed" not in b.args
+
+
 def test_bundle_size_and_memory_cut_bundles_and_a_size_of_one_is_one_job_per_cell():
     config = {"studies": {"s": study({"depth": [2, 4], "sigma_w2": [1, 2, 3], "seed": [0, 1, 2]},
                                      {"steps": 10})}}
@@ -306,28 +318,69 @@ def test_bundle_size_and_memory_cut_bundles_and_a_size_of_one_is_one_job_per_cel
     config["resources"] = {"bundle_size": 4}
     st = bundles_of(config)
     assert [len(b.cells) for b in st.bundles] == [3, 3, 3, 3, 3, 3]  # balanced, ≤ 4
-    assert len(st.layouts) == 3
+    assert [b.index for b in st.bundles] == [0, 1, 2, 0, 1, 2]
+    assert len({b.stamp for b in st.bundles}) == 6
     config["resources"] = {"bundle_size": 1}
     st = bundles_of(config)
     assert st.bundles == [] and len(st.unbundled) == 18
-    largest = max(c.mem_mb for c in st.cells) - 4000
-    config["resources"] = {"bundle_mem_mb": 4000 + 2 * largest}  # two of the largest members
+    config["studies"]["s"]["grid"].update(depth=[2, 200], width=256)
     st = bundles_of(config)
-    # the same chunks at every depth (9 members in 5 balanced chunks: 2, 2, 1 → a cell job, 2, 2)
-    assert [len(b.cells) for b in st.bundles] == [2] * 8 and len(st.unbundled) == 2
-    suffixes = [set(layout) for layout in st.layouts]
-    assert sum(len(x) for x in suffixes) == len(set().union(*suffixes))  # layouts never overlap
+    deep = max(c.mem_mb for c in st.cells) - 4000
+    shallow = min(c.mem_mb for c in st.cells) - 4000
+    assert 9 * shallow < 2 * deep
+    config["resources"] = {"bundle_mem_mb": 4000 + 2 * deep}  # two of the deepest members
+    st = bundles_of(config)
+    # memory is per group: the shallow depth bundles all 9, the deep one 2, 2, 1 → a cell job, 2, 2
+    assert [len(b.cells) for b in st.bundles] == [9, 2, 2, 2, 2]
+    assert len(st.unbundled) == 1 and st.unbundled[0].params["depth"] == 200
 
 
-def test_cells_without_trailing_member_axes_and_extra_cells_are_one_job_each():
+def test_cells_without_member_axes_and_extra_cells_are_one_job_each():
     st = bundles_of({"studies": {"s": study({"depth": [2, 4, 8]}, {"steps": 10})}})
     assert st.bundles == [] and len(st.unbundled) == 3
     st = bundles_of({"studies": {"s": study({"depth": [2, 4], "seed": [0, 1]}, {"steps": 10},
-                                            extra=[{"depth": 16, "seed": 5}])}})
+                                            extra=[{"depth": 16, "seed": 5},
+                                                   {"depth": 2, "seed": 7}])}})
     assert len(st.bundles) == 2 and [c.key for c in st.unbundled] == [
-        "dataset=mnist5k/depth=16/seed=5"]
+        "dataset=mnist5k/depth=16/seed=5", "dataset=mnist5k/depth=2/seed=7"]
     grad = bundles_of({"studies": {"s": study({"depth": 3, "seed": [0, 1]}, kind="grad")}})
     assert grad.bundles == []
+
+
+def test_members_vanished_or_rewritten_after_their_bundle_job_count_only_while_its_stamp_holds(
+        tmp_path, monkeypatch):
+    """A stamp that describes the bundle as it is (members, identities, engine) reports a member
+    whose file vanished (retrained alone) or was rewritten after it (retrained alone earlier);
+    a stamp of other settings does not (the bundle's job reruns and trains what it lacks)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    config = {"studies": {"s": study({"depth": [2], "seed": [0, 1, 2]}, {"steps": 10})}}
+    (bundle,) = bundles_of(config).bundles
+    assert bundle.after_job() == ([], [])  # never ran
+    for cell in bundle.cells[1:]:
+        Path(cell.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(cell.path).write_bytes(b"x")
+        os.utime(cell.path, (1000, 1000))
+    record = {"kind": "train", "engine_version": engine_versions()["train"],
+              "cells": {c.path: c.id for c in bundle.cells}}
+    Path(bundle.stamp).parent.mkdir(parents=True)
+    Path(bundle.stamp).write_text(json.dumps(record))
+    os.utime(bundle.stamp, (2000, 2000))
+    first = bundle.cells[0]
+    assert bundle.after_job() == ([first], [])
+    config["studies"]["s"]["settings"]["steps"] = 20  # other identities: the bundle reruns
+    (changed,) = bundles_of(config).bundles
+    assert changed.stamp == bundle.stamp and changed.after_job() == ([], [])
+    Path(first.path).write_bytes(b"x")  # retrained alone: newer than the stamp
+    assert bundle.after_job() == ([], [first]) and changed.after_job() == ([], [])
+    for text in (json.dumps({**record, "engine_version": -1}), "{damaged"):
+        Path(bundle.stamp).write_text(text)
+        os.utime(bundle.stamp, (2000, 2000))
+        assert bundle.after_job() == ([], [])
+    Path(bundle.stamp).write_text(json.dumps(record))
+    os.utime(bundle.stamp, (2000, 2000))
+    assert bundle.after_job() == ([], [first])
 
 
 def test_a_grid_too_large_is_refused_with_its_size_before_it_is_built():
@@ -336,23 +389,31 @@ def test_a_grid_too_large_is_refused_with_its_size_before_it_is_built():
         build_studies({"studies": {"s": study({"sigma_w2": "1:4:100000", "sigma_b2": "1:2:1000"})}})
 
 
-def test_status_of_bundled_cells_reads_their_bundle_jobs_records(tmp_path):
-    """A bundle member is done when its record holds its bundle job's flags; jobs left count
-    bundles with anything to train, not cells."""
+def test_status_of_bundled_cells_reads_their_bundle_stamps(tmp_path):
+    """A bundle member is done when its bundle's stamp records its current identity, stale when
+    it records another; without a stamp its file tells.  Jobs left count bundles with anything
+    to train, not cells."""
     from mfpipe import status
 
     config = {"studies": {"s": study({"depth": [2, 4], "seed": [0, 1, 2]}, {"steps": 10})}}
     studies = build_studies(config)
     first, second = studies["s"].bundles
-    engine = repr(engine_versions()["train"])
+    engine = engine_versions()["train"]
     for cell in first.cells + second.cells[:1]:
         (tmp_path / cell.path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / cell.path).write_bytes(b"x")
-        record = status._record_path(tmp_path / ".snakemake" / "metadata", cell.path, 255)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        bundle = first if cell in first.cells else second
-        record.write_text(json.dumps({"params": sorted([repr(bundle.args), engine])}))
+        (tmp_path / cell.path).write_bytes(b"x")  # unreadable: not this cell without a stamp
+    for bundle in (first, second):
+        (tmp_path / bundle.stamp).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / bundle.stamp).write_text(json.dumps(
+            {"engine_version": engine, "cells": {c.path: c.id for c in bundle.cells}}))
     states = status.cell_states(studies, tmp_path)
     assert [len(states["s"][k]) for k in ("done", "stale", "missing")] == [4, 0, 2]
+    (tmp_path / first.stamp).write_text(json.dumps(
+        {"engine_version": engine, "cells": {c.path: "another" for c in first.cells}}))
+    assert [len(status.cell_states(studies, tmp_path)["s"][k])
+            for k in ("done", "stale", "missing")] == [1, 3, 2]
+    (tmp_path / first.stamp).unlink()
+    assert [len(status.cell_states(studies, tmp_path)["s"][k])
+            for k in ("done", "stale", "missing")] == [1, 3, 2]
     summary = status.summarise(studies, states, resources_of(config))
     assert summary["total"]["jobs_left"] == 1  # the second bundle, for its 2 missing members

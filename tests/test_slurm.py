@@ -80,8 +80,9 @@ def test_profile_takes_site_settings_from_environment(monkeypatch):
     assert eval(defaults["slurm_partition"]) == "gpu-a100"
     assert eval(defaults["slurm_account"]) == "proj_42"
     assert eval(defaults["constraint"]) == "ib"
-    assert as_mapping(profile["set-resources"]) == {"train_cell:gpu_model": "'a100'",
-                                                    "grad_cell:gpu_model": "'a100'"}
+    assert as_mapping(profile["set-resources"]) == {
+        f"{rule}:gpu_model": "'a100'"
+        for rule in ("train_cell", "grad_cell", "train_bundle", "search_part")}
     assert profile["slurm-qos"] == "long"
     assert as_mapping(profile["group-components"]) == {"cells": "200"}
     assert as_mapping(profile["resources"]) == {"gpu": "2"}
@@ -164,19 +165,17 @@ def test_slurm_profile_dry_run_without_slurm_installed(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
-    assert int(stats.get("train_bundle_0", 0)) > 0 and int(stats.get("grad_cell", 0)) > 0, output[-3000:]
+    assert int(stats.get("train_bundle", 0)) > 0 and int(stats.get("grad_cell", 0)) > 0, output[-3000:]
 
     estimates = cell_estimates(config)
     bundles = bundle_estimates(config)
     jobs = dry_run_jobs(output)
     cell_jobs = [job for job in jobs if job["rule"] == "grad_cell"]
-    bundle_jobs = [job for job in jobs if job["rule"].startswith("train_bundle_")]
+    bundle_jobs = [job for job in jobs if job["rule"] == "train_bundle"]
     assert len(cell_jobs) == int(stats["grad_cell"]) and len(bundle_jobs) == len(bundles)
     for job in cell_jobs + bundle_jobs:
-        outputs = [o.replace("(update)", "").strip() for o in job["output"].split(",")]
-        outputs = [o for o in outputs if o.endswith(".parquet")]
-        runtime, mem_mb = (estimates[outputs[0]] if len(outputs) == 1
-                           else bundles[tuple(sorted(outputs))])
+        output = job["output"].strip()
+        runtime, mem_mb = estimates[output] if output in estimates else bundles[output][1:]
         resources = job["resources"]
         assert resources.get("gpu") == "1", job
         assert resources.get("mem_mb") == str(mem_mb), job
@@ -189,7 +188,7 @@ def test_slurm_profile_dry_run_without_slurm_installed(tmp_path):
         cwd=tmp_path, env={**env, "MFPIPE_SLURM_GPU_MODEL": "a100"}, capture_output=True,
         text=True, timeout=180)
     bundle_jobs = [job for job in dry_run_jobs(typed.stdout + typed.stderr)
-                   if job["rule"].startswith("train_bundle_")]
+                   if job["rule"] == "train_bundle"]
     assert bundle_jobs and all(job["resources"].get("gpu_model") == "a100" for job in bundle_jobs)
 
 
@@ -351,16 +350,17 @@ def cell_estimates(config_path: Path) -> dict[str, tuple[int, int]]:
             for study in build_studies(config).values() for cell in study.cells}
 
 
-def bundle_estimates(config_path: Path) -> dict[tuple[str, ...], tuple[int, int]]:
-    """Member paths of each bundle -> (runtime minutes at attempt 1, mem_mb) of its job."""
+def bundle_estimates(config_path: Path) -> dict[str, tuple[tuple[str, ...], int, int]]:
+    """Stamp of each bundle -> (its member paths, runtime minutes at attempt 1, mem_mb) of its
+    job."""
     import yaml
 
     from mfpipe.grid import build_studies, resources_of, runtime_minutes
 
     config = yaml.safe_load(config_path.read_text())
     resources = resources_of(config)
-    return {tuple(sorted(c.path for c in b.cells)): (runtime_minutes(b.seconds, resources, 1),
-                                                     b.mem_mb)
+    return {b.stamp: (tuple(sorted(c.path for c in b.cells)),
+                      runtime_minutes(b.seconds, resources, 1), b.mem_mb)
             for study in build_studies(config).values() for b in study.bundles}
 
 
@@ -396,7 +396,8 @@ def test_grid_runs_through_local_slurm(local_slurm, tmp_path):
     # Training cells went through SLURM as bundles, one job each (2 depths: 2 bundles of the 2
     # keep rates), gradient cells packed CELLS_PER_JOB per job: 2 + ceil(2 / 3) = 3 submissions.
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    bundles = bundle_estimates(tmp_path / "grid.yaml")
+    bundles = {paths: (runtime, mem_mb)
+               for paths, runtime, mem_mb in bundle_estimates(tmp_path / "grid.yaml").values()}
     assert len(bundles) == 2 and sum(len(m) for m in bundles) == TRAIN_CELLS
     assert len(job_ids) == len(bundles) + math.ceil(GRAD_CELLS / CELLS_PER_JOB), diagnostics(log, tmp_path)
     slurm_jobs, slurm_logs = {}, {}

@@ -139,7 +139,7 @@ def test_dry_run_of_the_default_config_needs_no_data(tmp_path):
     assert not (work / "data").exists() and not (work / "results").exists()
 
 
-def test_bundles_cut_by_size_and_memory_leave_no_rule_ambiguous(tmp_path):
+def test_bundles_are_cut_by_size_and_by_memory_per_depth(tmp_path):
     from mfpipe.grid import build_studies
 
     config = tiny_config()
@@ -147,16 +147,15 @@ def test_bundles_cut_by_size_and_memory_leave_no_rule_ambiguous(tmp_path):
     config["resources"] = {"bundle_size": 4}  # 10 members per depth: chunks of 4, 3, 3
     work = copy_workflow(tmp_path / "wf", config)
     counts = planned(work)
-    assert {k: v for k, v in counts.items() if "train" in k} == {
-        "train_bundle_0": 2, "train_bundle_1": 2, "train_bundle_2": 2}
+    assert {k: v for k, v in counts.items() if "train" in k} == {"train_bundle": 6}
     assert training_plan(work) == (6, 20)
     # a deep, wide depth next to a shallow one: memory allows 10 shallow members but 3 deep
-    # ones; one chunk size for the study keeps every member path in exactly one rule
+    # ones; each depth is cut by its own members' memory
     config["studies"]["t"]["grid"].update(depth=[2, 120], width=256)
     deep = max(c.mem_mb for c in build_studies(config)["t"].cells) - 4000
     config["resources"] = {"bundle_mem_mb": 4000 + 3 * deep + 1}
     set_config(work, config)
-    assert training_plan(work) == (8, 20)  # chunks of 3, 2, 3, 2 at both depths
+    assert training_plan(work) == (5, 20)  # depth 2: one bundle of 10; depth 120: 4 of 2–3
 
 
 def job_priorities(workdir: Path) -> list[tuple[str, str, float]]:
@@ -261,10 +260,10 @@ def test_staleness_reruns_only_affected_cells(tmp_path):
         assert len(cell_files) == 4
         assert planned(work) == {}  # a second run does nothing
 
-        # a deleted cell file: that cell is trained again and its aggregate remade
+        # a deleted cell file: that cell is trained again, alone, and its aggregate remade
         cell_files[0].unlink()
-        assert planned(work) == {"train_bundle_0": 1, "aggregate_cells": 1, "all": 1}
-        assert training_plan(work) == (1, 1)  # its bundle job trains that cell alone
+        assert planned(work) == {"train_cell": 1, "aggregate_cells": 1, "all": 1}
+        assert training_plan(work) == (1, 1)
         snakemake(work)
         assert cell_files[0].exists() and planned(work) == {}
 
@@ -317,9 +316,9 @@ def test_staleness_reruns_only_affected_cells(tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_and_computes_every_cell_once(tmp_path):
-    config = tiny_config(steps=400)
-    config["studies"]["t"]["grid"].update(depth=[4, 6, 8], sigma_w2=[1.2, 1.76, 2.4], width=32,
-                                          seed=[0])
+    config = tiny_config(steps=1500)
+    config["studies"]["t"]["grid"].update(depth=[4, 6, 8, 10, 12, 14], sigma_w2=[1.2, 1.76, 2.4],
+                                          width=32, seed=[0])  # 6 bundles of 3 cells
     work = copy_workflow(tmp_path / "wf", config)
     cells_dir = work / "results" / "cells" / "t"
     cmd = [SNAKEMAKE, "--profile", str(REPO / "profiles" / "local"), "-s", str(work / "Snakefile"),
@@ -334,29 +333,29 @@ def test_killed_run_resumes_and_computes_every_cell_once(tmp_path):
             key = urlsafe_b64encode(str(path.relative_to(work)).encode()).decode()
             return (work / ".snakemake" / "incomplete" / key).exists()
 
-        def finished() -> int:
-            return sum(not recorded_incomplete(p) for p in cells_dir.rglob("*.parquet"))
+        def finished_bundles() -> int:
+            return sum(not recorded_incomplete(p) for p in (work / "results" / "bundles").rglob("*.json"))
 
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and finished() < 3:
+        while time.monotonic() < deadline and finished_bundles() < 1:
             time.sleep(0.1)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: running cells are aborted
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: running bundles are aborted
         proc.wait(timeout=120)
-        before = {p: p.stat().st_mtime_ns for p in cells_dir.rglob("*.parquet")
-                  if not recorded_incomplete(p)}
-        assert 3 <= len(before) < 9
+        # a cell file is written whole or not at all (a bundle writes each member as it ends)
+        before = {p: p.stat().st_mtime_ns for p in cells_dir.rglob("*.parquet")}
+        assert 3 <= len(before) < 18 and finished_bundles() < 6, (len(before), finished_bundles())
         time.sleep(1.0)
         assert not list(work.rglob("*.tmp")), "an aborted cell left a partial file"
 
         snakemake(work)
         after = {p: p.stat().st_mtime_ns for p in cells_dir.rglob("*.parquet")}
-        assert len(after) == 9
+        assert len(after) == 18
         redone = [str(p) for p, mtime in before.items() if after[p] != mtime]
         assert not redone, f"finished cells were computed again: {redone}"
         rows = pq.read_table(work / "results" / "training.parquet").to_pandas()
-        assert rows["cell_id"].nunique() == 9
-        assert len(rows) == 9 and not rows.duplicated(["cell_id", "step"]).any()
+        assert rows["cell_id"].nunique() == 18
+        assert len(rows) == 18 and not rows.duplicated(["cell_id", "step"]).any()
         assert planned(work) == {}
     finally:
         stop_pool(work)
@@ -542,11 +541,7 @@ def test_a_searched_study_runs_in_rounds_and_its_staleness_follows_the_grids_rul
         assert planned(work) == {"train_cell": 1, "aggregate_cells": 1, "all": 1}
         snakemake(work)
         assert (work / listed[0]).exists()
-        # the aggregate's inputs lose the cell once it is back (it was an input only while
-        # vanished): one more aggregate, no training, then nothing (see the README)
-        assert planned(work) == {"aggregate_cells": 1, "all": 1}
-        snakemake(work)
-        assert planned(work) == {}
+        assert planned(work) == {}  # it stays an input of the aggregate: nothing changed
 
         # a new seed: only cells of that seed are trained
         config = search_config()

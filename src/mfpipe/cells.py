@@ -382,6 +382,7 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
         for i, (params, output) in enumerate(jobs):  # before any work: outputs and sizes
             check_output(output, f"cells-file entry {i} output")
             check_memory(kind, params, budget)
+        every = {str(output): cell_identity(kind, params)[1] for params, output in jobs}
         kept = []
         if args.skip_existing:
             current = [stored_identity_matches(kind, params, output) for params, output in jobs]
@@ -403,7 +404,8 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
             from mfpipe.store import atomic_path
 
             record = {"kind": kind, "engine_version": ENGINE_VERSIONS[kind], "finished_at": utc_now(),
-                      "trained": [str(o) for _, o in jobs], "kept": [str(o) for o in kept]}
+                      "trained": [str(o) for _, o in jobs], "kept": [str(o) for o in kept],
+                      "cells": every}  # output -> cell_id: what this job stands for
             with atomic_path(args.stamp) as tmp:
                 tmp.write_text(json.dumps(record, indent=1) + "\n")
         fast_exit_if_entry_point()

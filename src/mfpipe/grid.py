@@ -283,15 +283,15 @@ class Cell:
 class Bundle:
     """Cells of one study trained together as one stacked ensemble by one job.
 
-    The members share a path ``prefix`` (every grid parameter but the trailing member axes:
-    σ_w², σ_b², ρ, seed, …) and differ in their ``suffixes``; the flags ``args`` hold what they
-    share, each member's path gives the rest.  ``layout`` names the job's rule: all bundles of a
-    layout have the same suffixes, so one wildcard rule (``{prefix}``) serves them all.
+    The members share every parameter but the member axes (σ_w², σ_b², init, ρ, seed, …): their
+    ``group`` is their path without those levels.  The flags ``args`` hold what they share, each
+    member's path gives the rest.  The job's one output is its ``stamp`` (what it trained, what
+    it kept); the members' files are written by the job, each complete or not at all.
     """
 
     study: str
-    layout: int  # index into Study.layouts
-    prefix: str
+    group: str  # the members' path without their member levels
+    index: int  # the bundle's place among its group's chunks
     cells: list[Cell]
     args: str
     seconds: float  # estimated: the members' FLOPs plus ONE latency floor (shared launches)
@@ -299,7 +299,48 @@ class Bundle:
 
     @property
     def stamp(self) -> str:
-        return f"results/bundles/{self.study}/{self.prefix}/layout{self.layout}.json"
+        return f"results/bundles/{self.study}/{self.group}/bundle{self.index}.json"
+
+    def after_job(self) -> tuple[list[Cell], list[Cell]]:
+        """(vanished, rewritten) members since this bundle's job finished: see ``after_job``."""
+        return after_job(self.stamp, {c.path: c for c in self.cells}, every=True)
+
+
+def after_job(stamp: str, cells: dict, every: bool = False) -> tuple[list[Cell], list[Cell]]:
+    """Of the cells a finished job recorded in its ``stamp`` (``mfpipe train-cell --stamp``:
+    cell file -> cell_id), those whose file has vanished since and those rewritten after it
+    (retrained one job each) — when the stamp still describes them as they are now (each a cell
+    of ``cells``, path -> Cell, with the recorded identity; ``every``: all of ``cells``; the
+    same engine), so that its job will not rerun.  ``([], [])`` when the stamp is absent,
+    unreadable or stale: the job reruns and trains what lacks a current file."""
+    try:
+        stamp_mtime = os.stat(stamp).st_mtime
+    except OSError:
+        return [], []
+    vanished, rewritten = [], []
+    for path, cell in cells.items():
+        try:
+            if os.stat(path).st_mtime > stamp_mtime:
+                rewritten.append(path)
+        except OSError:
+            vanished.append(path)
+    if not vanished and not rewritten:
+        return [], []
+    try:
+        with open(stamp) as fh:
+            record = json.load(fh)
+        recorded = record.get("cells")
+        if recorded is None:  # a stamp from before stamps held identities: what it lists
+            recorded = {p: cells[p].id for p in record.get("trained", []) + record.get("kept", [])
+                        if p in cells}
+    except (OSError, ValueError, AttributeError):
+        return [], []
+    if (record.get("engine_version") != engine_versions()[record.get("kind", "train")]
+            or (every and set(recorded) != set(cells))
+            or any(p not in cells or cells[p].id != i for p, i in recorded.items())):
+        return [], []
+    return ([cells[p] for p in vanished if p in recorded],
+            [cells[p] for p in rewritten if p in recorded])
 
 
 @dataclass
@@ -310,7 +351,6 @@ class Study:
     cells: list[Cell] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     bundles: list[Bundle] = field(default_factory=list)
-    layouts: list[tuple[str, ...]] = field(default_factory=list)  # member suffixes per layout
     n_grid_cells: int = 0  # the first cells are the grid's product, the rest extra cells
     search: dict | None = None  # boundary search options (mfpipe.search): cells by rounds
 
@@ -656,61 +696,49 @@ class _CellMaker:
 
 
 def form_bundles(study: Study, resources: dict) -> None:
-    """Group a training study's grid cells into bundles (``Study.bundles``, ``Study.layouts``).
+    """Group a training study's grid cells into bundles (``Study.bundles``).
 
-    Members vary only in the study's trailing member axes (the longest tail of its path
-    parameters that are all in ``mfpipe.cells.MEMBER_PARAMS``; seed is always last), so the
-    cells of one path prefix form a group; every group is cut into the same balanced chunks of
-    at most ``resources.bundle_size`` cells whose summed memory estimate (at the study's largest
-    cell) stays within ``resources.bundle_mem_mb``.  Extra cells, a study without trailing
-    member axes and a bundle size of 1 leave cells to one job each (``Study.unbundled``).
+    The cells that share every parameter but the study's member axes (its grid axes in
+    ``mfpipe.cells.MEMBER_PARAMS``: they need not be the last ones) form a group; every group is
+    cut into balanced chunks of at most ``resources.bundle_size`` cells whose summed memory
+    estimate stays within ``resources.bundle_mem_mb`` (so shallow groups bundle more cells than
+    deep ones).  Extra cells, a study without member axes and a bundle size of 1 leave cells to
+    one job each (``Study.unbundled``).
     """
     from mfpipe.cells import MEMBER_PARAMS  # lazy: mfpipe.cells imports this module
 
-    study.bundles, study.layouts = [], []
+    study.bundles = []
     cap = int(resources["bundle_size"])
-    n_tail = 0
-    for axis in reversed(study.axes):
-        if axis not in MEMBER_PARAMS:
-            break
-        n_tail += 1
-    if (study.kind != "train" or study.search is not None or cap < 2 or n_tail == 0
-            or n_tail == len(study.axes)):
+    member_axes = [a for a in study.axes if a in MEMBER_PARAMS]
+    if study.kind != "train" or study.search is not None or cap < 2 or not member_axes:
         return
     groups: dict[str, list[Cell]] = {}
     for cell in study.cells[:study.n_grid_cells]:
-        parts = cell.key.split("/")
-        groups.setdefault("/".join(parts[:-n_tail]), []).append(cell)
-    suffix_of = lambda cell: "/".join(cell.key.split("/")[-n_tail:])  # noqa: E731
-    grid_suffixes = {suffix_of(c) for c in next(iter(groups.values()))}
-    if any(suffix_of(c) in grid_suffixes for c in study.cells[study.n_grid_cells:]):
-        return  # an extra cell the bundle rules would also match: keep one job per cell
+        groups.setdefault(key_without(cell.key, member_axes), []).append(cell)
     latency = float(resources["seconds_per_layer_step"])
     base_mb = int(resources["mem_mb_base"])
-    layout_index: dict[tuple[str, ...], int] = {}
     index = parameter_index(study.kind)
-    tail_flags = {index[a].flag for a in study.axes[-n_tail:]}
-    # One chunk size for the whole study, so that its layouts never share a member suffix (a
-    # rule's {prefix} matches any prefix: two layouts holding one suffix would both claim it).
-    member_mb = max(c.mem_mb - base_mb for c in study.cells[:study.n_grid_cells]) or 1
-    size = max(1, min(cap, (int(resources["bundle_mem_mb"]) - base_mb) // member_mb))
-    for prefix, members in groups.items():
+    member_flags = {index[a].flag for a in member_axes}
+    for group, members in groups.items():
         if len(members) < 2:
             continue
         shared = " ".join(f for f in _split_flags(members[0].args) if f.split(" ")[0]
-                          not in tail_flags and f.split(" ")[0].replace("--no-", "--", 1)
-                          not in tail_flags)
-        for chunk in balanced_chunks(members, size):
-            if len(chunk) < 2:
-                continue  # a bundle of one is a cell job
-            suffixes = tuple(suffix_of(c) for c in chunk)
-            layout = layout_index.setdefault(suffixes, len(layout_index))
-            shared_floor = 3 * chunk[0].params["steps"] * chunk[0].params["depth"] * latency
+                          not in member_flags and f.split(" ")[0].replace("--no-", "--", 1)
+                          not in member_flags)
+        member_mb = max(c.mem_mb - base_mb for c in members) or 1
+        size = max(1, min(cap, (int(resources["bundle_mem_mb"]) - base_mb) // member_mb))
+        shared_floor = 3 * members[0].params["steps"] * members[0].params["depth"] * latency
+        chunks = [chunk for chunk in balanced_chunks(members, size) if len(chunk) > 1]
+        for i, chunk in enumerate(chunks):  # a chunk of one is a cell job
             study.bundles.append(Bundle(
-                study.name, layout, prefix, chunk, shared,
+                study.name, group, i, chunk, shared,
                 seconds=sum(c.seconds for c in chunk) - (len(chunk) - 1) * shared_floor,
                 mem_mb=base_mb + sum(c.mem_mb - base_mb for c in chunk)))
-    study.layouts = list(layout_index)
+
+
+def key_without(key: str, names) -> str:
+    """A cell key (``name=value`` levels joined by /) without the levels of ``names``."""
+    return "/".join(p for p in key.split("/") if p.split("=", 1)[0] not in names)
 
 
 def balanced_chunks(items: list, size: int) -> list[list]:

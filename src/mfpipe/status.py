@@ -3,7 +3,8 @@
 For each study: the number of cells, and how many are
 
 * ``done``: the output exists and Snakemake's record of it (``.snakemake/metadata``) holds the
-  cell's current parameters (the flags string and engine version the workflow passes);
+  cell's current parameters (the flags string and engine version the workflow passes); for a
+  bundle member, its bundle's stamp records the cell's current identity (cell_id, engine);
 * ``stale``: the output exists but was made with other parameters (a changed study setting, a
   bumped engine version) or its job was interrupted (``.snakemake/incomplete``): the next run
   recomputes it;
@@ -69,10 +70,13 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
     for study in studies.values():
         states = {"done": [], "stale": [], "missing": []}
         engine = repr(engines[study.kind])
-        job_args = {id(c): b.args for b in study.bundles for c in b.cells}  # a bundle job's flags
+        member_state = _member_states(study, root, engines)
         for cell in study.cells:
             if not (root / cell.path).exists():
                 states["missing"].append(cell)
+                continue
+            if id(cell) in member_state:
+                states[member_state[id(cell)]].append(cell)
                 continue
             if _record_path(incomplete, cell.path, max_len).exists():
                 states["stale"].append(cell)
@@ -84,12 +88,35 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
                 states["done"].append(cell)  # no record: Snakemake treats it as up to date
                 continue
             recorded = record.get("params")
-            expected = sorted([repr(job_args.get(id(cell), cell.args)), engine])
-            if recorded is not None and sorted(recorded) != expected:
+            if recorded is not None and sorted(recorded) != sorted([repr(cell.args), engine]):
                 states["stale"].append(cell)
             else:
                 states["done"].append(cell)
         out[study.name] = states
+    return out
+
+
+def _member_states(study, root: Path, engines: dict) -> dict[int, str]:
+    """id(cell) -> done / stale of the bundle members that have a file.  A member's file is not
+    a Snakemake output (its bundle's stamp is): its bundle's stamp records what each member
+    holds (cell_id, engine); without a stamp (a bundle never finished) the file is read."""
+    from mfpipe.cells import stored_identity_matches
+
+    out = {}
+    for bundle in study.bundles:
+        try:
+            record = json.loads((root / bundle.stamp).read_text())
+            recorded = record["cells"] if record.get("engine_version") == engines[study.kind] else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None
+        for cell in bundle.cells:
+            if not (root / cell.path).exists():
+                continue
+            if recorded is None:
+                done = stored_identity_matches(cell.kind, cell.params, root / cell.path)
+            else:
+                done = recorded.get(cell.path) == cell.id
+            out[id(cell)] = "done" if done else "stale"
     return out
 
 

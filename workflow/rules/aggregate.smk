@@ -26,9 +26,9 @@ rule aggregate_cells:
         bundles=lambda wildcards: BUNDLE_STAMPS[KIND_OF_DATASET[wildcards.name]],
         lists=lambda wildcards: [cell_list_of(study)
                                  for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]],
-        # cells of finished search rounds that vanished: retrained alone, then aggregated
-        searched=lambda wildcards: [path for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]
-                                    for path in SEARCH_MISSING.get(study, ())],
+        # cells of finished bundles and search rounds retrained alone since (VANISHED)
+        retrained=lambda wildcards: [path for study in STUDY_NAMES[KIND_OF_DATASET[wildcards.name]]
+                                     for path in RETRAINED.get(study, ())],
     output:
         "results/{name}.parquet",
     log:

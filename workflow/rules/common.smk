@@ -27,7 +27,7 @@ from snakemake.exceptions import WorkflowError
 from mfpipe.errors import InputError
 from mfpipe.values import format_number
 from mfpipe.grid import (FIGURE_FLAGS, FIT_FLAGS, KIND_COMMANDS, KIND_DATASETS,
-                         THEORY_ITERATES_DEFAULT, THEORY_MAP_DEFAULT, build_studies,
+                         THEORY_ITERATES_DEFAULT, THEORY_MAP_DEFAULT, after_job, build_studies,
                          engine_versions, resources_of, runtime_minutes, section_flags,
                          theory_grid_args)
 
@@ -57,46 +57,62 @@ CELL_SECONDS = {}
 CELL_PATHS = {kind: [] for kind in KIND_COMMANDS}
 STUDY_NAMES = {kind: [] for kind in KIND_COMMANDS}
 # Bundles (mfpipe.grid.form_bundles): one job trains the cells of one bundle as one stacked
-# ensemble.  A rule per (study, layout) — a layout is the bundle's member path tails — with a
-# {prefix} wildcard serves every bundle of that layout; its outputs are the members' cell files
-# (flagged update(): a rerun keeps the members whose stored identity matches, and trains the
-# others) and a small stamp file, rewritten by every run, that the aggregate depends on.
-BUNDLES = {}  # (study, layout, prefix) -> Bundle
-BUNDLE_LAYOUTS = []  # (rule name, study, layout index, member suffixes)
+# ensemble.  One rule serves them all; its output is the bundle's small stamp file
+# (results/bundles/<study>/<group>/bundle<i>.json, rewritten by every run; the aggregate depends
+# on it), and the job writes its members' cell files, keeping (--skip-existing) those whose
+# stored identity already matches.
+BUNDLES = {}  # (study, group, index) -> Bundle
 BUNDLE_STAMPS = {kind: [] for kind in KIND_COMMANDS}
+# Cells a finished job (a bundle, a search round's part) wrote and that have vanished since:
+# asked for by name and retrained one job each by train_cell (Snakemake reruns a job only for
+# outputs it declares).  They stay inputs of the aggregate once retrained (their file is newer
+# than the job's stamp), so that its input list does not change back (mfpipe.grid.after_job).
+VANISHED = {}  # study -> cell paths to retrain alone
+RETRAINED = {}  # study -> cell paths retrained alone since their job: vanished + rewritten
+SEARCHED = {name: s for name, s in STUDIES.items() if s.search}
+
+
+def _cell_lookups(study, cells):
+    for cell in cells:
+        key = f"{study.name}/{cell.key}"
+        CELL_ARGS[key] = cell.args
+        CELL_MEM_MB[key] = cell.mem_mb
+        CELL_SECONDS[key] = cell.seconds
+
+
+def _after_jobs(study):
+    """(vanished, rewritten) cells of the study's finished jobs: its bundles, or the parts of
+    its search rounds (whose stamps list the cells they trained and kept)."""
+    if not study.search:
+        found = [b.after_job() for b in study.bundles]
+    else:
+        by_path = {c.path: c for c in study.cells}
+        stamps = Path("results/search", study.name, "trained")
+        found = []
+        for stamp in sorted(stamps.glob("*.json")) if stamps.is_dir() else ():
+            try:
+                record = json.loads(stamp.read_text())
+                listed = record.get("cells") or record.get("trained", []) + record.get("kept", [])
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged stamp: its part reruns
+            if all(p in by_path for p in listed):  # else the search replans (another grid)
+                found.append(after_job(str(stamp), {p: by_path[p] for p in listed}))
+    return [c for v, _ in found for c in v], [c for _, r in found for c in r]
+
+
 for _study in STUDIES.values():
     STUDY_NAMES[_study.kind].append(_study.name)
-    for _index, _suffixes in enumerate(_study.layouts):
-        BUNDLE_LAYOUTS.append((f"train_bundle_{len(BUNDLE_LAYOUTS)}", _study.name, _index, _suffixes))
-    for _bundle in _study.bundles:
-        BUNDLES[(_study.name, _bundle.layout, _bundle.prefix)] = _bundle
-        BUNDLE_STAMPS[_study.kind].append(_bundle.stamp)
-    # a searched study's cells are trained by its rounds (search.smk); one of them that
-    # vanished after its round is retrained alone by train_cell (SEARCH_MISSING)
-    for _cell in (_study.cells if _study.search else _study.unbundled):
-        _key = f"{_study.name}/{_cell.key}"
-        CELL_ARGS[_key] = _cell.args
-        CELL_MEM_MB[_key] = _cell.mem_mb
-        CELL_SECONDS[_key] = _cell.seconds
     CELL_PATHS[_study.kind] += [_cell.path for _cell in _study.cells]
-
-
-# Searched studies (mfpipe.search; rules in search.smk): rounds of cells, each planned from the
-# cells that exist.  A cell a finished round trained (its part's stamp lists it) and that has
-# vanished since is asked for by name and retrained alone by train_cell, like a bundle member.
-SEARCHED = {name: s for name, s in STUDIES.items() if s.search}
-SEARCH_MISSING = {}
-for _name, _study in SEARCHED.items():
-    _paths = {c.path for c in _study.cells}  # a stamp may list cells the grid no longer has
-    _stamps = Path("results/search", _name, "trained")
-    for _stamp in sorted(_stamps.glob("*.json")) if _stamps.is_dir() else ():
-        try:
-            _record = json.loads(_stamp.read_text())
-        except (OSError, ValueError):
-            continue  # a damaged stamp: its part reruns
-        SEARCH_MISSING.setdefault(_name, []).extend(
-            p for p in _record.get("trained", []) + _record.get("kept", [])
-            if p in _paths and not os.path.exists(p))
+    for _bundle in _study.bundles:
+        BUNDLES[(_study.name, _bundle.group, _bundle.index)] = _bundle
+        BUNDLE_STAMPS[_study.kind].append(_bundle.stamp)
+    # a searched study's rounds train the cells they pick (search.smk)
+    _cell_lookups(_study, _study.cells if _study.search else _study.unbundled)
+    _vanished, _rewritten = _after_jobs(_study)
+    if not _study.search:
+        _cell_lookups(_study, _vanished + _rewritten)
+    VANISHED[_study.name] = [_cell.path for _cell in _vanished]
+    RETRAINED[_study.name] = [_cell.path for _cell in _vanished + _rewritten]
 
 
 def cell_list_of(study):
@@ -104,44 +120,32 @@ def cell_list_of(study):
     return f"results/search/{study}/cells.txt" if study in SEARCHED else f"results/cells/{study}.cells.txt"
 
 
-def bundle_of(wildcards, layout):
-    return BUNDLES[(layout[1], layout[2], wildcards.prefix)]
+def bundle_of(wildcards):
+    return BUNDLES[(wildcards.study, wildcards.group, int(wildcards.index))]
 
 
-def bundle_data(layout):
-    return lambda wildcards: DATA_FILE.format(dataset=wildcards.prefix.split("/", 1)[0][len("dataset="):])
+def bundle_data(wildcards):
+    return DATA_FILE.format(dataset=bundle_of(wildcards).cells[0].params["dataset"])
 
 
-def bundle_args(layout):
-    return lambda wildcards: bundle_of(wildcards, layout).args
+def bundle_args(wildcards):
+    """The members' shared flags and their cell files (each member's path gives the rest)."""
+    bundle = bundle_of(wildcards)
+    return f"{bundle.args} --outputs " + " ".join(shlex.quote(c.path) for c in bundle.cells)
 
 
-def bundle_resources(layout):
-    """SLURM requests of a bundle job: its members' memory, their summed FLOP time plus one
-    latency floor (the launches are shared), the GPUs of resources.gpus_per_cell; and, for
-    `snakemake -n`, how many members it will really train (no file, or a file whose stored
-    identity is not this cell's)."""
-    def cells_to_train(wildcards):
-        from mfpipe.cells import stored_identity_matches
+def bundle_cells_to_train(wildcards):
+    """For `snakemake -n`: how many members the job will really train (no file, or a file
+    whose stored identity is not this cell's) of how many."""
+    from mfpipe.cells import stored_identity_matches
 
-        members = bundle_of(wildcards, layout).cells
-        todo = sum(not stored_identity_matches(c.kind, c.params, c.path) for c in members)
-        return f"{todo}/{len(members)}"
-
-    return {"mem_mb": lambda wildcards, attempt: bundle_of(wildcards, layout).mem_mb,
-            "runtime": lambda wildcards, attempt: runtime_minutes(
-                bundle_of(wildcards, layout).seconds, RESOURCES, attempt),
-            "gpu": RESOURCES["gpus_per_cell"], "cells_to_train": cells_to_train, **GPU_MODEL}
+    members = bundle_of(wildcards).cells
+    todo = sum(not stored_identity_matches(c.kind, c.params, c.path) for c in members)
+    return f"{todo}/{len(members)}"
 
 
-# The SLURM profile's GPU type for the rules it cannot name (its set-resources name the fixed
-# cell rules only): bundle rules and search jobs.
-GPU_MODEL = ({"gpu_model": os.environ["MFPIPE_SLURM_GPU_MODEL"].strip()}
-             if os.environ.get("MFPIPE_SLURM_GPU_MODEL", "").strip() else {})
-
-
-def bundle_priority(layout):
-    return lambda wildcards: 1.0 + round(float(bundle_of(wildcards, layout).seconds), 3)
+def bundle_priority(wildcards):
+    return 1.0 + round(float(bundle_of(wildcards).seconds), 3)
 
 # Tight wildcard constraints keep the DAG cheap (no rule tries to match what it cannot make).
 CELL_RE = r"[a-z][a-z0-9_]*=[^/]+(?:/[a-z][a-z0-9_]*=[^/]+)*"
@@ -351,19 +355,14 @@ def figure_flags(name):
 
 # Cells are targets themselves, not only inputs of their aggregate: Snakemake (≥ 7.7) does not
 # rebuild a missing input whose consumer is up to date, so a deleted cell file would stay
-# missing (and its rows stay in the aggregate).  A one-cell job's file and a bundle's stamp are
-# targets; as targets they are rebuilt, and the aggregate, the fit and the figures after them.
+# missing (and its rows stay in the aggregate).  A one-cell job's file, a bundle's stamp and a
+# vanished member of a finished bundle or search round are targets; as targets they are rebuilt,
+# and the aggregate, the fit and the figures after them.
 ALL_TARGETS = [c.path for s in STUDIES.values() for c in s.unbundled]
 # A searched study's target is its cell list, written after its last round (search.smk).
 ALL_TARGETS += [f"results/search/{name}/cells.txt" for name in SEARCHED]
-ALL_TARGETS += [path for paths in SEARCH_MISSING.values() for path in paths]
-for _bundle in (b for s in STUDIES.values() for b in s.bundles):
-    ALL_TARGETS.append(_bundle.stamp)
-    # A member missing from a finished bundle is asked for by name: Snakemake reruns a job for
-    # a missing output only when that output is requested.  (A bundle without its stamp runs
-    # anyway: its members are not asked for, which keeps a cold DAG to one target per bundle.)
-    if os.path.exists(_bundle.stamp):
-        ALL_TARGETS += [c.path for c in _bundle.cells if not os.path.exists(c.path)]
+ALL_TARGETS += [path for paths in VANISHED.values() for path in paths]
+ALL_TARGETS += [b.stamp for s in STUDIES.values() for b in s.bundles]
 if DO_AGGREGATE:
     ALL_TARGETS += [f"results/{KIND_DATASETS[kind]}.parquet" for kind in KIND_COMMANDS
                     if CELL_PATHS[kind]]

@@ -100,7 +100,6 @@ rule search_part:
                                                            RESOURCES, attempt),
         gpu=RESOURCES["gpus_per_cell"],
         cells_to_train=lambda wildcards: str(search_job(wildcards)["cells"]),
-        **GPU_MODEL,
     wildcard_constraints:
         study=_alternatives(list(SEARCHED)),
         round=r"\d+",

@@ -1,8 +1,11 @@
-# One job per training cell: `mfpipe train-cell` through the warm worker pool (`mfpipe pool`:
-# torch is imported once per machine, not once per cell).  On a cluster each job asks for
-# `gpu` (config resources.gpus_per_cell), `mem_mb` and `runtime` (minutes) estimated from
-# depth × width × steps (mfpipe.grid.estimate_cost), the runtime doubling with each retry; the
-# SLURM profile packs train_cell and grad_cell jobs into groups ("cells").
+# Training: one job per bundle (train_bundle: its members as one stacked ensemble) or per cell
+# left alone (train_cell: extra cells, a bundle size of 1, a vanished bundle member), each
+# `mfpipe train-cell` through the warm worker pool (`mfpipe pool`: torch is imported once per
+# machine, not once per cell).  On a cluster each job asks for `gpu` (config
+# resources.gpus_per_cell), `mem_mb` and `runtime` (minutes) estimated from depth × width ×
+# steps (mfpipe.grid.estimate_cost; a bundle: its members' sum with one latency floor), the
+# runtime doubling with each retry; the SLURM profile packs train_cell and grad_cell jobs into
+# groups ("cells").
 
 
 rule prepare_data:
@@ -41,31 +44,28 @@ rule train_cell:
         "-o {output:q} > {log:q} 2>&1"
 
 
-for _layout in BUNDLE_LAYOUTS:
-    _name, _study_name, _index, _suffixes = _layout
-
-    rule:
-        name:
-            _name
-        output:
-            stamp=f"results/bundles/{_study_name}/{{prefix}}/layout{_index}.json",
-            cells=[update(f"results/cells/{_study_name}/{{prefix}}/{suffix}.parquet")
-                   for suffix in _suffixes],
-        input:
-            bundle_data(_layout),
-        log:
-            f"logs/bundles/{_study_name}/{{prefix}}/layout{_index}.log",
-        params:
-            args=bundle_args(_layout),
-            engine=ENGINE["train"],
-        threads: 1
-        priority: bundle_priority(_layout)
-        resources:
-            **bundle_resources(_layout),
-        wildcard_constraints:
-            prefix=r"dataset=(" + DATASET_RE + r")(?:/[a-z][a-z0-9_]*=[^/]+)*",
-        shell:
-            "{MFPIPE} pool train-cell {params.args} --data-dir {DATA_DIR:q} --device {DEVICE} "
-            "--skip-existing --outputs {output.cells:q} --stamp {output.stamp:q} > {log:q} 2>&1"
-
-    workflow.ruleorder(_name, "train_cell")
+rule train_bundle:
+    output:
+        "results/bundles/{study}/{group}/bundle{index}.json",
+    input:
+        bundle_data,
+    log:
+        "logs/bundles/{study}/{group}/bundle{index}.log",
+    params:
+        args=bundle_args,
+        engine=ENGINE["train"],
+    threads: 1
+    priority: bundle_priority
+    resources:
+        mem_mb=lambda wildcards, attempt: bundle_of(wildcards).mem_mb,
+        runtime=lambda wildcards, attempt: runtime_minutes(bundle_of(wildcards).seconds,
+                                                           RESOURCES, attempt),
+        gpu=RESOURCES["gpus_per_cell"],
+        cells_to_train=bundle_cells_to_train,
+    wildcard_constraints:
+        study=_alternatives(sorted({study for study, _, _ in BUNDLES})),
+        group=r"dataset=(" + DATASET_RE + r")(?:/[a-z][a-z0-9_]*=[^/]+)*",
+        index=r"\d+",
+    shell:
+        "{MFPIPE} pool train-cell {params.args} --data-dir {DATA_DIR:q} --device {DEVICE} "
+        "--skip-existing --stamp {output:q} > {log:q} 2>&1"
