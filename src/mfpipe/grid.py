@@ -260,9 +260,14 @@ class Cell:
     kind: str
     key: str  # path below results/cells/<study>/ without .parquet
     params: dict  # canonical parameters (plain types)
-    args: str  # the CLI flags of `mfpipe <kind command>`, canonical numbers
     seconds: float  # estimated run time on the configured device (without start-up)
     mem_mb: int
+
+    @property
+    def args(self) -> str:
+        """The CLI flags of `mfpipe <kind command>`, canonical numbers (made when asked: a
+        bundled cell's job needs only its bundle's shared flags and its path)."""
+        return " ".join([_flag_text(p, self.params[p.name]) for p in parameters(self.kind)])
 
     @property
     def path(self) -> str:
@@ -628,10 +633,19 @@ def build_study(name: str, spec: dict, resources: dict) -> tuple[Study, list[Inp
     return study, problems
 
 
+_FLAG_TEXTS: dict = {}  # (flag, value) -> flag text: each value is formatted once
+
+
 def _flag_text(param: Param, value) -> str:
-    if param.type == "bool":
-        return param.flag if value else "--no-" + param.flag[2:]
-    return f"{param.flag} {value_text(value)}"
+    key = (param.flag, tuple(value) if isinstance(value, list) else value)
+    text = _FLAG_TEXTS.get(key)
+    if text is None:
+        if param.type == "bool":
+            text = param.flag if value else "--no-" + param.flag[2:]
+        else:
+            text = f"{param.flag} {value_text(value)}"
+        _FLAG_TEXTS[key] = text
+    return text
 
 
 class _CellMaker:
@@ -640,19 +654,10 @@ class _CellMaker:
     def __init__(self, study: Study, fixed: dict, lr_rule, resources: dict):
         self.study, self.fixed, self.lr_rule, self.resources = study, fixed, lr_rule, resources
         self.kind = study.kind
-        self.params = parameters(self.kind)
         self.keys: dict[str, int] = {}
         self.has_steps = self.kind == "train"
         self.steps_is_axis = "steps" in study.axes
         self.checked_sizes: set = set()
-        self.flags: dict = {}  # (name, value) -> flag text: each value is formatted once
-
-    def _flag(self, param: Param, value) -> str:
-        key = (param.name, tuple(value) if isinstance(value, list) else value)
-        text = self.flags.get(key)
-        if text is None:
-            text = self.flags[key] = _flag_text(param, value)
-        return text
 
     def add(self, axis_values: dict, key: str, overrides: dict | None = None, where: str = ""):
         params = dict(self.fixed)
@@ -689,10 +694,9 @@ class _CellMaker:
                              f"a cell with its own path; it differs from the cell at that path "
                              f"only in {', '.join(diff)}, which are not grid parameters of this "
                              f"study (list them under grid, or use a separate study)")
-        args = " ".join([self._flag(p, params[p.name]) for p in self.params])
         seconds, mem_mb = estimate_cost(self.kind, params, self.resources)
         self.keys[key] = len(self.study.cells)
-        self.study.cells.append(Cell(self.study.name, self.kind, key, params, args, seconds, mem_mb))
+        self.study.cells.append(Cell(self.study.name, self.kind, key, params, seconds, mem_mb))
 
 
 def form_bundles(study: Study, resources: dict) -> None:
