@@ -551,6 +551,12 @@ def test_a_searched_study_runs_in_rounds_and_its_staleness_follows_the_grids_rul
         snakemake(work)
         new = cells_trained_since(work, mark)
         assert new and all("/seed=1.parquet" in p for p in new)
+        # the cell retrained alone above is no longer newer than
+        # its round's stamp, which this run rewrote: it leaves the aggregate's inputs, and that
+        # change reruns the aggregate once (no training; see the README)
+        assert planned(work) == {"aggregate_cells": 1, "all": 1}
+        assert training_plan(work) == (0, 0)
+        snakemake(work)
         assert planned(work) == {}
 
         # a changed setting: the study's search starts over and retrains what it needs
