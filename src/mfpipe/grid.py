@@ -649,7 +649,8 @@ def _flag_text(param: Param, value) -> str:
 
 
 class _CellMaker:
-    """Builds the cells of one study cheaply: the fixed flags are formatted once."""
+    """Builds the cells of one study cheaply: a grid cell's cost is looked up by the values of
+    the study's axes that change it (the fixed parameters are the same for all)."""
 
     def __init__(self, study: Study, fixed: dict, lr_rule, resources: dict):
         self.study, self.fixed, self.lr_rule, self.resources = study, fixed, lr_rule, resources
@@ -658,6 +659,8 @@ class _CellMaker:
         self.has_steps = self.kind == "train"
         self.steps_is_axis = "steps" in study.axes
         self.checked_sizes: set = set()
+        self.cost_axes = [a for a in study.axes if a not in _COST_FREE]
+        self.costs: dict = {}
 
     def add(self, axis_values: dict, key: str, overrides: dict | None = None, where: str = ""):
         params = dict(self.fixed)
@@ -694,7 +697,15 @@ class _CellMaker:
                              f"a cell with its own path; it differs from the cell at that path "
                              f"only in {', '.join(diff)}, which are not grid parameters of this "
                              f"study (list them under grid, or use a separate study)")
-        seconds, mem_mb = estimate_cost(self.kind, params, self.resources)
+        if overrides:
+            seconds, mem_mb = estimate_cost(self.kind, params, self.resources)
+        else:
+            cost_key = tuple([tuple(v) if isinstance(v, list) else v
+                              for v in (axis_values[a] for a in self.cost_axes)])
+            cost = self.costs.get(cost_key)
+            if cost is None:
+                cost = self.costs[cost_key] = estimate_cost(self.kind, params, self.resources)
+            seconds, mem_mb = cost
         self.keys[key] = len(self.study.cells)
         self.study.cells.append(Cell(self.study.name, self.kind, key, params, seconds, mem_mb))
 
