@@ -169,6 +169,11 @@ def bench_cpu(data_dir: str) -> None:
             rounds += 1
         got, want = brackets(plan), brackets(full_plan)
         same = sum(got[k] == want[k] for k in want)
+        per_column = pd.Series([search._drop_levels(c.key, ("depth", "seed")) for c in searched])
+        spent = per_column.value_counts()
+        print(f"search cells per column: median {spent.median():.0f}, min {spent.min()}, "
+              f"max {spent.max()}; flagged: {plan.summary()['seeds_disagree']} seeds disagree, "
+              f"{plan.summary()['non_monotone']} non-monotone")
         print(f"cells trained   full grid {len(study.cells):>4}   search {len(searched):>4}   "
               f"ratio {len(study.cells) / len(searched):.1f}× (goal ≥ 5×), {rounds} rounds")
         print(f"wall time       full grid {full_seconds:6.1f} s   search {search_seconds:6.1f} s"
