@@ -222,11 +222,13 @@ def test_the_search_command_plans_a_round_and_refuses_a_study_without_search(tmp
     assert main(["search", "--config", str(path), "--study", "s", "--round", "0",
                  "-o", "results/search/s/round0", "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
-    assert state["summary"]["cells_to_train"] == 10 and state["summary"]["open"] == 2
+    assert state["summary"]["cells_to_train"] == 6 and state["summary"]["open"] == 2
     plan = json.loads((tmp_path / "results/search/s/round0/plan.json").read_text())
     parts = [json.loads((tmp_path / f"results/search/s/round0/part{j['part']}.json").read_text())
              for j in plan["jobs"]]
-    assert sum(len(p) for p in parts) == 10  # 2 columns × 2 depths + depth 2 of σ_w² = 4, × 2 seeds
+    # both predictions (6·ξ_c = 22 and 42) lie beyond depth 16: each column trains only 16, and
+    # σ_w² = 4 (the panel's threshold anchor) depth 2 as well, × 2 seeds
+    assert sum(len(p) for p in parts) == 6
     assert all(c["output"].startswith("results/cells/s/dataset=digits/") for p in parts for c in p)
     assert main(["search", "--config", str(path), "--study", "g"]) == 2  # not a searched study
     err = capsys.readouterr().err
@@ -241,15 +243,90 @@ def test_a_column_that_must_widen_jumps_to_the_multiplier_its_panel_shows():
     both_fail[8] = both_fail[9] = False  # 32 and 45 fail (the first guess 6·ξ_c = 24 was deep)
     search.next_probe(column, both_fail, [False] * len(depths), 6.0)
     assert column.probe == [7]  # no calibration: one step down
-    search.next_probe(column, both_fail, [False] * len(depths), 6.0, n_panel=2.0)
+    search.next_probe(column, both_fail, [False] * len(depths), 6.0, n_estimate=2.0)
     assert column.probe == [4]  # the panel's columns say n = 2: straight to 2·ξ_c = 8
     both_train = list(unknown)
     both_train[2] = both_train[3] = True
-    search.next_probe(column, both_train, [False] * len(depths), 6.0, n_panel=8.0)
+    search.next_probe(column, both_train, [False] * len(depths), 6.0, n_estimate=8.0)
     assert column.probe == [8]  # up to 8·ξ_c = 32
-    # the panel's n: the median of boundary / ξ_c over bracketed columns (identric mean)
+    # without an estimate, widening reaches at least the theory's n0·ξ_c: a column whose only
+    # cell is the panel's anchor (its shallowest depth, trainable) goes straight to 6·ξ_c = 24
+    only_anchor = list(unknown)
+    only_anchor[0] = True
+    search.next_probe(column, only_anchor, [False] * len(depths), 6.0)
+    assert [depths[i] for i in column.probe] == [23]
+    critical = search.Column("k", "p", depths, [[] for _ in depths], 1.76, xi_c=math.inf)
+    search.next_probe(critical, only_anchor, [False] * len(depths), 6.0)
+    assert critical.probe == [len(depths) - 1]  # ξ_c = ∞: the deepest depth
+    # a column without cells starts around the estimate instead of n0: 2·ξ_c = 8 -> (8, 11)
+    search.next_probe(column, unknown, [False] * len(depths), 6.0, n_estimate=2.0)
+    assert [depths[i] for i in column.probe] == [8, 11]
+
+
+def test_the_panel_multiplier_is_a_line_in_log_n_against_log_sigma_w2():
+    from mfpipe.fit import identric_mean
+
+    depths = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64]
     a = search.Column("a", "p", depths, [], 1.0, xi_c=4.0, state="bracketed", bracket=(8, 11))
-    b = search.Column("b", "p", depths, [], 1.5, xi_c=8.0, state="bracketed", bracket=(16, 23))
-    c = search.Column("c", "p", depths, [], 2.0, xi_c=math.inf, state="censored_above")
-    n = search.panel_multiplier([a, b, c])
-    assert 2.3 < n < 2.5 and search.panel_multiplier([c]) is None
+    b = search.Column("b", "p", depths, [], 4.0, xi_c=8.0, state="bracketed", bracket=(16, 23))
+    c = search.Column("c", "p", depths, [], 1.76, xi_c=math.inf, state="censored_above")
+    d = search.Column("d", "p", depths, [], 2.0, xi_c=3.0, state="open", bracket=(None, 8))
+    n_a = float(identric_mean(8, 11)) / 4.0
+    n_b = float(identric_mean(16, 23)) / 8.0
+    trend = search.multiplier_trend([a, b, c, d])
+    assert trend["a"] == pytest.approx(n_a) and trend["b"] == pytest.approx(n_b)
+    # σ_w² = 2 lies halfway between 1 and 4 in log: the geometric mean of the two n
+    assert trend["d"] == pytest.approx(math.sqrt(n_a * n_b))
+    # censored and open columns do not count; one bracketed column gives its n to all
+    assert search.multiplier_trend([a, c, d]) == pytest.approx({k: n_a for k in "acd"})
+    assert search.multiplier_trend([c, d]) == {}
+
+
+def test_a_prediction_off_the_depth_axis_trains_only_the_depth_beside_it():
+    depths = [2, 4, 8, 16]
+    assert search.first_probe(depths, 5.0) == [1, 2]  # around it: 4 and 8
+    assert search.first_probe(depths, 16.0) == [3]  # at or beyond the deepest: 16 only
+    assert search.first_probe(depths, math.inf) == [3]  # a critical column
+    assert search.first_probe(depths, 1.5) == [0]  # below the shallowest: 2 only
+    # a column whose deepest depth trains is settled (censored above) by that one depth
+    study = study_of(sigmas=[1.0, 4.0], keep_rates=[1], depths=[2, 4, 8, 16])
+    plans, trained = run_search(study, lambda key: math.inf)
+    assert {c.state for c in plans[-1].columns} == {"censored_above"}
+    assert sorted(c.params["depth"] for c in trained) == [2, 2, 16, 16, 16, 16]  # + the anchor
+
+
+def test_pilots_calibrate_the_panel_and_the_other_columns_start_from_what_they_show():
+    # 7 columns: pilots at σ_w² = 1.0, 2.0 and 4.0 (√7 ≈ 3, ends included); the truth n = 3
+    # while n0 = 6, so the pilots' first guesses fail and they search
+    study = study_of(keep_rates=[1])
+    columns = search.columns_of(study, 6.0)
+    by_sigma = {c.sigma_w2: c for c in columns}
+    assert search.pilot_columns(sorted(columns, key=lambda c: c.sigma_w2)) == {
+        by_sigma[s].key for s in (1.0, 2.0, 4.0)}
+    boundary = xi_boundary(study, n=3.0)
+    plans, trained = run_search(study, boundary)
+    first_round = {}
+    for r, plan in enumerate(plans):
+        for cell in plan.cells:
+            first_round.setdefault(column_key(cell), r)
+    pilots = {by_sigma[s].key for s in (1.0, 2.0, 4.0)}
+    anchor = max(columns, key=lambda c: c.xi_c).key
+    assert {k for k, r in first_round.items() if r == 0} == pilots | {anchor}
+    for column in plans[-1].columns:
+        assert column.bracket == true_bracket(boundary(column.key)), column.key
+        if column.key in pilots or column.key == anchor:
+            continue
+        # a waiting column starts only once the pilots beside it are settled, from the n the
+        # panel shows (≈ 3): its first pair is at most one depth value from its bracket
+        start = first_round[column.key]
+        assert start > 0
+        before = search.plan_round(study, search.columns_of(study, 6.0),
+                                   {c.key: search.oracle_rows(c, c.params["depth"] <= boundary(
+                                       column_key(c)), np.random.default_rng(0))
+                                    for p in plans[:start] for c in p.cells},
+                                   dict(search.SEARCH_DEFAULTS), search.fit_options({}), start)
+        planned = {c.key: c for c in before.columns}[column.key]
+        assert len(planned.probe) == 2
+        good, bad = (DEPTHS.index(d) for d in column.bracket)
+        assert abs(planned.probe[0] - good) <= 1 and abs(planned.probe[1] - bad) <= 1
+

@@ -11,11 +11,21 @@ Rounds.  Each round looks at every cell of the study that exists and holds its c
 (``mfpipe.fit.verdict_panels``: mean accuracy over seeds against the panel's threshold, diverged
 runs at chance), and picks per column the next depths, every seed of each:
 
-* nothing known yet: the two depths around the theory's prediction n₀·ξ_c (``n0``, default 6),
-  clipped to the depth axis (a critical column, ξ_c = ∞, starts at the deepest depths);
-* every known depth trains: widen upwards — to n̂·ξ_c, where n̂ is the median boundary / ξ_c
-  of the panel's bracketed columns, or without any by 1, 2, 4, … depth values (one step first:
-  the guess is usually close, and deep cells cost the most); none trains: downwards alike;
+* calibrate first: the theory's n₀ (``n0``, default 6) is often off by a factor of 2 or more,
+  and every column that starts from it pays for that.  So per panel only a few *pilot* columns
+  start in round 0 — about √m of its m columns, evenly spread over σ_w², both ends included
+  (``pilot_columns``); every other column waits until the pilots beside it (the nearest on each
+  side in σ_w² order) are settled (bracketed or censored), then starts from the panel's own n̂;
+* n̂ of L = n̂·ξ_c (``multiplier_trend``): a straight line in log n against log σ_w² through the
+  panel's bracketed columns (n = the bracket's identric mean / ξ_c, as the fit takes it; one
+  column: its n), since n drifts smoothly with σ_w²; none yet: n₀;
+* nothing known yet: the two depths around the prediction n̂·ξ_c (a pilot: n₀·ξ_c); a
+  prediction at or beyond the deepest depth (a critical column, ξ_c = ∞, among them) trains
+  only the deepest depth, one below the axis only the shallowest (the only depth beside it: a
+  censored column is settled with one depth);
+* every known depth trains: widen upwards — straight to n̂·ξ_c when that lies beyond, else by
+  1, 2, 4, … depth values (one step first: the guess is usually close, and deep cells cost the
+  most); none trains: downwards alike;
 * a trainable depth below a failing one: bisect (in log depth) until they are adjacent;
 * trouble is sampled more densely and reported: a failing depth below a trainable one
   (``non_monotone``: every depth between them is trained), seeds that disagree at a bracket end
@@ -26,9 +36,11 @@ runs at chance), and picks per column the next depths, every seed of each:
 
 A column is ``bracketed`` (adjacent trainable / failing depths), ``censored_above`` (the deepest
 depth still trains: the boundary is at least that), ``censored_below`` (the shallowest fails) or
-still ``open``.  The search ends when no column needs a cell, or after ``max_rounds`` rounds.
-The planner keeps no state of its own: a round is a function of the config and the cells that
-exist, so an interrupted, edited or extended search simply continues.
+still ``open`` (so is a column that waits for its pilots, with no depth to train yet).  The
+search ends when no column needs a cell, or after ``max_rounds`` rounds.  The planner keeps no
+state of its own: a round is a function of the config and the cells that exist (which columns
+are pilots follows from the grid), so an interrupted, edited or extended search simply
+continues.
 """
 
 from __future__ import annotations
@@ -139,25 +151,39 @@ def _widening(n_known: int) -> int:
     return 2 ** max(n_known - 2, 0)
 
 
+def first_probe(depths: list[int], prediction: float) -> list[int]:
+    """Depth indices a column without cells starts with: the two around the prediction, or only
+    the deepest (shallowest) depth when the prediction is at or beyond (below) the axis."""
+    m = len(depths)
+    if prediction >= depths[-1]:
+        return [m - 1]
+    if prediction < depths[0]:
+        return [0]
+    p = min(predicted_index(depths, prediction), max(m - 2, 0))
+    return sorted({p, min(p + 1, m - 1)})
+
+
 def next_probe(column: Column, trainable: list, mixed: list, n0: float,
-               n_panel: float | None = None) -> None:
+               n_estimate: float | None = None) -> None:
     """Set the column's state, flags, bracket and the depth indices to train next from its
     per-depth verdicts (``trainable[i]``: True / False, None when untested; ``mixed[i]``: its
-    seeds disagree).  ``n_panel``: the multiplier n of L = n·ξ_c that the panel's bracketed
-    columns show; a column that must widen jumps to n_panel·ξ_c instead of stepping."""
+    seeds disagree).  ``n_estimate``: the multiplier n of L = n·ξ_c that the panel's bracketed
+    columns show at this column (``multiplier_trend``); a column without cells starts around
+    n_estimate·ξ_c instead of n0·ξ_c, one that must widen jumps to it instead of stepping."""
     depths, m = column.depths, len(column.depths)
-    target = None
-    if n_panel is not None and np.isfinite(column.xi_c) and column.xi_c > 0:
-        goal = math.log(n_panel * column.xi_c)
+    finite = np.isfinite(column.xi_c) and column.xi_c > 0
+    n = n0 if n_estimate is None else n_estimate
+    target = m - 1  # the depth closest to the prediction n·ξ_c (ξ_c = ∞: the deepest)
+    if finite:
+        goal = math.log(n * column.xi_c)
         target = min(range(m), key=lambda i: abs(math.log(depths[i]) - goal))
     known = [i for i in range(m) if trainable[i] is not None]
     probe: set[int] = set()
     column.non_monotone = column.seeds_disagree = False
     column.bracket = (None, None)
     if not known:
-        p = min(predicted_index(depths, n0 * column.xi_c if np.isfinite(column.xi_c) else math.inf),
-                max(m - 2, 0))
-        column.state, column.probe = "open", sorted({p, min(p + 1, m - 1)})
+        column.state = "open"
+        column.probe = first_probe(depths, n * column.xi_c if finite else math.inf)
         return
     good = [i for i in known if trainable[i]]
     bad = [i for i in known if not trainable[i]]
@@ -168,7 +194,7 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float,
             column.state = "censored_below"
         else:
             column.state = "open"
-            step = lowest - _widening(len(bad)) if target is None else min(lowest - 1, target)
+            step = min(lowest - (1 if n_estimate is not None else _widening(len(bad))), target)
             probe.add(max(0, step))
     else:
         top = max(good)
@@ -179,7 +205,7 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float,
                 column.state = "censored_above"
             else:
                 column.state = "open"
-                step = top + _widening(len(good)) if target is None else max(top + 1, target)
+                step = max(top + (1 if n_estimate is not None else _widening(len(good))), target)
                 probe.add(min(m - 1, step))
         else:
             fail = min(above)
@@ -205,14 +231,41 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float,
 
 # ----------------------------------------------------------------------------- a round
 
-def panel_multiplier(columns: list[Column]) -> float | None:
-    """The median n = boundary / ξ_c of the bracketed columns with a finite ξ_c (the boundary:
-    the identric mean of the bracket, as the fit takes it), or None when there is none."""
+def multiplier_trend(columns: list[Column]) -> dict:
+    """column key -> n̂ of L = n̂·ξ_c for every column of a panel, from its bracketed columns with
+    a finite ξ_c (n = the bracket's identric mean / ξ_c, as the fit takes the boundary): the
+    least-squares line of log n against log σ_w² (n drifts smoothly with σ_w², and a line
+    averages the columns' noise), one column's n when there is one σ_w², {} when none."""
     from mfpipe.fit import identric_mean
 
-    ratios = [float(identric_mean(c.bracket[0], c.bracket[1])) / c.xi_c for c in columns
-              if c.state == "bracketed" and np.isfinite(c.xi_c) and c.xi_c > 0]
-    return float(np.median(ratios)) if ratios else None
+    points = [(math.log(c.sigma_w2), math.log(float(identric_mean(*c.bracket)) / c.xi_c))
+              for c in columns if c.state == "bracketed" and np.isfinite(c.xi_c) and c.xi_c > 0
+              and c.sigma_w2 > 0]
+    if not points:
+        return {}
+    x, y = np.array(points).T
+    if np.ptp(x) == 0:
+        return {c.key: float(np.exp(y.mean())) for c in columns}
+    slope, intercept = np.polyfit(x, y, 1)
+    return {c.key: float(np.exp(intercept + slope * math.log(c.sigma_w2)))
+            for c in columns if c.sigma_w2 > 0}
+
+
+def pilot_columns(columns: list[Column]) -> set[str]:
+    """Keys of a panel's pilots (``columns`` in σ_w² order): about √m of its m columns, evenly
+    spread, both ends included, so that every other column has a pilot on each side."""
+    m = len(columns)
+    k = min(m, max(2, round(math.sqrt(m))))
+    picks = {round(j * (m - 1) / (k - 1)) for j in range(k)} if k > 1 else {0}
+    return {columns[i].key for i in picks}
+
+
+def _waits(columns: list[Column], i: int, pilots: set[str]) -> bool:
+    """Whether column i (σ_w² order), no pilot and without cells, still waits: a pilot beside
+    it (the nearest on each side) is still open."""
+    below = next((c for c in reversed(columns[:i]) if c.key in pilots), None)
+    above = next((c for c in columns[i + 1:] if c.key in pilots), None)
+    return any(c is not None and c.state == "open" for c in (below, above))
 
 
 @dataclass
@@ -273,18 +326,25 @@ def plan_round(study, columns: list[Column], results: dict, options: dict, fit: 
                     if p.tested[ci, di]:
                         verdict[(round(float(sigma), 12), int(depth))] = (
                             bool(p.trainable[ci, di]), 0.0 < frac[ci, di] < 1.0)
-        states = {}
+        members = sorted(members, key=lambda c: c.sigma_w2)
+        verdicts = {}
         for column in members:
             sigma = round(column.sigma_w2, 12)
-            states[column.key] = [verdict.get((sigma, d)) for d in column.depths]
-        # twice: the panel's bracketed columns tell n of L = n·ξ_c, where the others jump to
-        n_panel = None
-        for _ in range(2):
-            for column in members:
-                known = states[column.key]
-                next_probe(column, [s[0] if s else None for s in known],
-                           [bool(s and s[1]) for s in known], options["n0"], n_panel)
-            n_panel = panel_multiplier(members)
+            known = [verdict.get((sigma, d)) for d in column.depths]
+            verdicts[column.key] = ([s[0] if s else None for s in known],
+                                    [bool(s and s[1]) for s in known])
+        # twice: first every column's state, then the n̂ its bracketed columns show, from which
+        # a column starts (once its pilots are settled) or to which it jumps when it must widen
+        for column in members:
+            next_probe(column, *verdicts[column.key], options["n0"])
+        trend = multiplier_trend(members)
+        pilots = pilot_columns(members)
+        for i, column in enumerate(members):
+            fresh = all(v is None for v in verdicts[column.key][0])
+            if fresh and column.key not in pilots and _waits(members, i, pilots):
+                column.state, column.probe = "open", []
+            else:
+                next_probe(column, *verdicts[column.key], options["n0"], trend.get(column.key))
         # The fit's threshold is relative to the panel's best cell, which a full grid finds at a
         # shallow depth: the column likeliest to hold it (the largest ξ_c) also trains its
         # shallowest depth, so that the search judges with the threshold the full grid would.
