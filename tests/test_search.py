@@ -10,7 +10,7 @@ import pytest
 
 from mfpipe import search
 from mfpipe.errors import InputError
-from mfpipe.grid import ConfigError, build_studies
+from mfpipe.grid import ConfigError, build_studies, key_without
 
 DEPTHS = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 90, 128, 181, 256]
 SIGMAS = [1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 4.0]
@@ -26,7 +26,7 @@ def study_of(depths=DEPTHS, sigmas=SIGMAS, seeds=(0, 1), keep_rates=(1, 0.98), *
 
 
 def column_key(cell) -> str:
-    return search._drop_levels(cell.key, ("depth", "seed"))
+    return key_without(cell.key, ("depth", "seed"))
 
 
 def run_search(study, boundary, options=None, results=None, flip=lambda cell: False, seed=0):

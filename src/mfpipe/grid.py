@@ -311,19 +311,38 @@ class Bundle:
         return after_job(self.stamp, {c.path: c for c in self.cells}, every=True)
 
 
-def after_job(stamp: str, cells: dict, every: bool = False) -> tuple[list[Cell], list[Cell]]:
-    """Of the cells a finished job recorded in its ``stamp`` (``mfpipe train-cell --stamp``:
-    cell file -> cell_id), those whose file has vanished since and those rewritten after it
-    (retrained one job each) — when the stamp still describes them as they are now (each a cell
-    of ``cells``, path -> Cell, with the recorded identity; ``every``: all of ``cells``; the
-    same engine), so that its job will not rerun.  ``([], [])`` when the stamp is absent,
+def read_stamp(stamp) -> dict | None:
+    """cell file -> cell_id of the cells a finished job recorded in its ``stamp`` (every
+    ``mfpipe train-cell --stamp``: a bundle's, a search part's), or None when the stamp is
+    absent, unreadable or written by another engine version (its job reruns).  A stamp from
+    before stamps held identities lists paths only: their ids are None (taken as current)."""
+    try:
+        with open(stamp) as fh:
+            record = json.load(fh)
+        if record.get("engine_version") != engine_versions().get(record.get("kind", "train")):
+            return None
+        recorded = record.get("cells")
+        if recorded is None:
+            recorded = dict.fromkeys(record.get("trained", []) + record.get("kept", []))
+        return dict(recorded)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def after_job(stamp: str, cells: dict, every: bool = False,
+              recorded: dict | None = None) -> tuple[list[Cell], list[Cell]]:
+    """Of the cells a finished job recorded in its ``stamp`` (``read_stamp``; ``recorded``: that
+    record when the caller has read it), those whose file has vanished since and those
+    rewritten after it (retrained one job each) — when the stamp still describes them as they
+    are now (each a cell of ``cells``, path -> Cell, with the recorded identity; ``every``: all
+    of ``cells``), so that its job will not rerun.  ``([], [])`` when the stamp is absent,
     unreadable or stale: the job reruns and trains what lacks a current file."""
     try:
         stamp_mtime = os.stat(stamp).st_mtime
     except OSError:
         return [], []
     vanished, rewritten = [], []
-    for path, cell in cells.items():
+    for path in cells:
         try:
             if os.stat(path).st_mtime > stamp_mtime:
                 rewritten.append(path)
@@ -331,18 +350,10 @@ def after_job(stamp: str, cells: dict, every: bool = False) -> tuple[list[Cell],
             vanished.append(path)
     if not vanished and not rewritten:
         return [], []
-    try:
-        with open(stamp) as fh:
-            record = json.load(fh)
-        recorded = record.get("cells")
-        if recorded is None:  # a stamp from before stamps held identities: what it lists
-            recorded = {p: cells[p].id for p in record.get("trained", []) + record.get("kept", [])
-                        if p in cells}
-    except (OSError, ValueError, AttributeError):
-        return [], []
-    if (record.get("engine_version") != engine_versions()[record.get("kind", "train")]
-            or (every and set(recorded) != set(cells))
-            or any(p not in cells or cells[p].id != i for p, i in recorded.items())):
+    if recorded is None:
+        recorded = read_stamp(stamp)
+    if (recorded is None or (every and set(recorded) != set(cells))
+            or any(p not in cells or i not in (None, cells[p].id) for p, i in recorded.items())):
         return [], []
     return ([cells[p] for p in vanished if p in recorded],
             [cells[p] for p in rewritten if p in recorded])
@@ -457,7 +468,6 @@ def _lr_setting(raw, where: str):
 #: Parameters that do not change a cell's cost (estimates are memoised over the others).
 _COST_FREE = frozenset({"seed", "sigma_w2", "sigma_b2", "keep_rate", "noise_var", "activation",
                         "init", "lr", "noise", "dropout_input", "preprocess", "loss"})
-_COST_CACHE: dict = {}
 
 
 def estimate_cost(kind: str, params: dict, resources: dict) -> tuple[float, int]:
@@ -468,21 +478,13 @@ def estimate_cost(kind: str, params: dict, resources: dict) -> tuple[float, int]
     layer and training step (small layers are launch-bound on a GPU: forward + backward +
     update ≈ 3 passes).
     """
-    key = (kind, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                              for k, v in params.items() if k not in _COST_FREE)),
-           float(resources["flops_per_second"]), float(resources["seconds_per_layer_step"]),
-           int(resources["mem_mb_base"]))
-    hit = _COST_CACHE.get(key)
-    if hit is None:
-        from mfpipe.cells import estimated_cost
+    from mfpipe.cells import estimated_cost
 
-        cost = estimated_cost(kind, params)
-        passes = 3 * params.get("steps", 0) if kind == "train" else 3 * 2 * params.get("inits", 1)
-        seconds = (cost["flops"] / float(resources["flops_per_second"])
-                   + passes * params["depth"] * float(resources["seconds_per_layer_step"]))
-        mem_mb = int(resources["mem_mb_base"]) + math.ceil(cost["peak_bytes"] / 2**20)
-        hit = _COST_CACHE[key] = (seconds, mem_mb)
-    return hit
+    cost = estimated_cost(kind, params)
+    passes = 3 * params.get("steps", 0) if kind == "train" else 3 * 2 * params.get("inits", 1)
+    seconds = (cost["flops"] / float(resources["flops_per_second"])
+               + passes * params["depth"] * float(resources["seconds_per_layer_step"]))
+    return seconds, int(resources["mem_mb_base"]) + math.ceil(cost["peak_bytes"] / 2**20)
 
 
 def runtime_minutes(seconds: float, resources: dict, attempt: int = 1) -> int:

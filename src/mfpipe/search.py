@@ -55,6 +55,9 @@ import numpy as np
 import pandas as pd
 
 from mfpipe.errors import InputError
+from mfpipe.grid import (after_job, balanced_chunks, build_studies, config_from_args, key_without,
+                         read_stamp, resources_of, runtime_minutes)
+from mfpipe.values import clean_float
 
 #: The ``search`` section of a study: the prediction's multiplier n₀ and the most rounds.
 SEARCH_DEFAULTS = {"n0": 6.0, "max_rounds": 12}
@@ -101,10 +104,6 @@ class Column:
     probe: list = field(default_factory=list)  # depth indices the next round trains
 
 
-def _drop_levels(key: str, names: tuple[str, ...]) -> str:
-    return "/".join(p for p in key.split("/") if p.split("=", 1)[0] not in names)
-
-
 def columns_of(study, n0: float) -> list[Column]:
     """The columns of a study's grid cells (extra cells are not searched), with ξ_c and the
     prediction n₀·ξ_c from the theory at each column's activation, σ_w², σ_b², ρ and noise."""
@@ -115,13 +114,13 @@ def columns_of(study, n0: float) -> list[Column]:
                          "a train study with depth as a grid axis")
     by_key: dict[str, dict[int, list]] = {}
     for cell in study.cells[:study.n_grid_cells]:
-        column = by_key.setdefault(_drop_levels(cell.key, ("depth", "seed")), {})
+        column = by_key.setdefault(key_without(cell.key, ("depth", "seed")), {})
         column.setdefault(int(cell.params["depth"]), []).append(cell)
     columns = []
     for key, per_depth in by_key.items():
         depths = sorted(per_depth)
         first = per_depth[depths[0]][0].params
-        columns.append(Column(key, _drop_levels(key, ("sigma_w2",)), depths,
+        columns.append(Column(key, key_without(key, ("sigma_w2",)), depths,
                               [per_depth[d] for d in depths], float(first["sigma_w2"])))
     theory_in = pd.DataFrame([{k: c.cells[0][0].params.get(k, d) for k, d in
                                (("activation", "tanh"), ("sigma_w2", 1.0), ("sigma_b2", 0.0),
@@ -324,12 +323,12 @@ def plan_round(study, columns: list[Column], results: dict, options: dict, fit: 
             for ci, sigma in enumerate(p.sigma):
                 for di, depth in enumerate(p.depths):
                     if p.tested[ci, di]:
-                        verdict[(round(float(sigma), 12), int(depth))] = (
+                        verdict[(clean_float(sigma), int(depth))] = (
                             bool(p.trainable[ci, di]), 0.0 < frac[ci, di] < 1.0)
         members = sorted(members, key=lambda c: c.sigma_w2)
         verdicts = {}
         for column in members:
-            sigma = round(column.sigma_w2, 12)
+            sigma = clean_float(column.sigma_w2)
             known = [verdict.get((sigma, d)) for d in column.depths]
             verdicts[column.key] = ([s[0] if s else None for s in known],
                                     [bool(s and s[1]) for s in known])
@@ -349,7 +348,7 @@ def plan_round(study, columns: list[Column], results: dict, options: dict, fit: 
         # shallow depth: the column likeliest to hold it (the largest ξ_c) also trains its
         # shallowest depth, so that the search judges with the threshold the full grid would.
         anchor = max(members, key=lambda c: c.xi_c if np.isfinite(c.xi_c) else math.inf)
-        if (round(anchor.sigma_w2, 12), anchor.depths[0]) not in verdict and 0 not in anchor.probe:
+        if (clean_float(anchor.sigma_w2), anchor.depths[0]) not in verdict and 0 not in anchor.probe:
             anchor.probe = [0] + anchor.probe
     cells = []
     if round_index < options["max_rounds"]:
@@ -413,6 +412,23 @@ def rounds_done(name: str, root: str = ".") -> int:
     return sum(1 for p in base.glob("round*") if p.name[5:].isdigit() and (p / "plan.json").exists())
 
 
+def after_rounds(study, root: str = ".") -> tuple[list, list]:
+    """(vanished, rewritten) cells of the study's finished search parts (``grid.after_job``:
+    each part's stamp lists the cells it trained and kept; a part whose cells are not all this
+    study's belongs to another grid: the search replans it)."""
+    by_path = {c.path: c for c in study.cells}
+    vanished, rewritten = [], []
+    stamps = os.path.join(root, "results", "search", study.name, "trained")
+    for name in sorted(os.listdir(stamps)) if os.path.isdir(stamps) else ():
+        stamp = os.path.join(stamps, name)
+        recorded = read_stamp(stamp) if name.endswith(".json") else None
+        if recorded is not None and all(p in by_path for p in recorded):
+            v, r = after_job(stamp, {p: by_path[p] for p in recorded}, recorded=recorded)
+            vanished += v
+            rewritten += r
+    return vanished, rewritten
+
+
 def study_state(study, config: dict, root: str = ".", round_index: int | None = None
                 ) -> tuple[Plan, dict]:
     """(the plan of round ``round_index`` — default: the round after those on disk — and the
@@ -431,7 +447,6 @@ def plan_parts(study, cells: list, resources: dict) -> list[list]:
     """The round's cells as jobs: one per bundle (cells that share everything but the member
     parameters, at most ``resources.bundle_size``), so that a round runs in parallel."""
     from mfpipe.cells import bundle_key
-    from mfpipe.grid import balanced_chunks
 
     cap = max(1, int(resources["bundle_size"]))
     groups: dict[str, list] = {}
@@ -443,7 +458,6 @@ def plan_parts(study, cells: list, resources: dict) -> list[list]:
 def write_round(directory: str, plan: Plan, parts: list[list], resources: dict) -> None:
     """``DIR/plan.json`` (the columns, the summary, the jobs) and ``DIR/part<i>.json`` (the
     cells of job i, in the form of ``mfpipe train-cell --cells-file``), written atomically."""
-    from mfpipe.grid import runtime_minutes
     from mfpipe.store import atomic_path
 
     os.makedirs(directory, exist_ok=True)
@@ -516,8 +530,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def searched_study(config: dict, name: str):
     """A config's study ``name``, which must have a search section."""
-    from mfpipe.grid import build_studies
-
     studies = build_studies(config)
     if name not in studies:
         raise InputError("study", name, ", ".join(studies))
@@ -528,7 +540,6 @@ def searched_study(config: dict, name: str):
 
 
 def run(args) -> int:
-    from mfpipe.grid import config_from_args, resources_of
     from mfpipe.store import atomic_path, check_output
 
     config = config_from_args(args)

@@ -32,7 +32,7 @@ from base64 import urlsafe_b64encode
 from pathlib import Path
 
 from mfpipe.grid import (KIND_COMMANDS, build_studies, config_from_args, engine_versions,
-                         resources_of)
+                         read_stamp, resources_of)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
     for study in studies.values():
         states = {"done": [], "stale": [], "missing": []}
         engine = repr(engines[study.kind])
-        member_state = _member_states(study, root, engines)
+        member_state = _member_states(study, root)
         for cell in study.cells:
             if not (root / cell.path).exists():
                 states["missing"].append(cell)
@@ -96,23 +96,20 @@ def cell_states(studies: dict, directory: str | os.PathLike = ".") -> dict[str, 
     return out
 
 
-def _member_states(study, root: Path, engines: dict) -> dict[int, str]:
+def _member_states(study, root: Path) -> dict[int, str]:
     """id(cell) -> done / stale of the bundle members that have a file.  A member's file is not
     a Snakemake output (its bundle's stamp is): its bundle's stamp records what each member
-    holds (cell_id, engine); without a stamp (a bundle never finished) the file is read."""
+    holds (``grid.read_stamp``); without a current stamp (a bundle never finished, or another
+    engine wrote it) the file is read."""
     from mfpipe.cells import stored_identity_matches
 
     out = {}
     for bundle in study.bundles:
-        try:
-            record = json.loads((root / bundle.stamp).read_text())
-            recorded = record["cells"] if record.get("engine_version") == engines[study.kind] else {}
-        except (OSError, ValueError, KeyError, TypeError):
-            recorded = None
+        recorded = read_stamp(root / bundle.stamp)
         for cell in bundle.cells:
             if not (root / cell.path).exists():
                 continue
-            if recorded is None:
+            if recorded is None or recorded.get(cell.path, cell.id) is None:
                 done = stored_identity_matches(cell.kind, cell.params, root / cell.path)
             else:
                 done = recorded.get(cell.path) == cell.id

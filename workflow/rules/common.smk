@@ -16,7 +16,6 @@
 
 import json
 import os
-from pathlib import Path
 import shlex
 import shutil
 import sys
@@ -27,7 +26,7 @@ from snakemake.exceptions import WorkflowError
 from mfpipe.errors import InputError
 from mfpipe.values import format_number
 from mfpipe.grid import (FIGURE_FLAGS, FIT_FLAGS, KIND_COMMANDS, KIND_DATASETS,
-                         THEORY_ITERATES_DEFAULT, THEORY_MAP_DEFAULT, after_job, build_studies,
+                         THEORY_ITERATES_DEFAULT, THEORY_MAP_DEFAULT, build_studies,
                          engine_versions, resources_of, runtime_minutes, section_flags,
                          theory_grid_args)
 
@@ -81,22 +80,13 @@ def _cell_lookups(study, cells):
 
 
 def _after_jobs(study):
-    """(vanished, rewritten) cells of the study's finished jobs: its bundles, or the parts of
-    its search rounds (whose stamps list the cells they trained and kept)."""
-    if not study.search:
-        found = [b.after_job() for b in study.bundles]
-    else:
-        by_path = {c.path: c for c in study.cells}
-        stamps = Path("results/search", study.name, "trained")
-        found = []
-        for stamp in sorted(stamps.glob("*.json")) if stamps.is_dir() else ():
-            try:
-                record = json.loads(stamp.read_text())
-                listed = record.get("cells") or record.get("trained", []) + record.get("kept", [])
-            except (OSError, ValueError, AttributeError):
-                continue  # a damaged stamp: its part reruns
-            if all(p in by_path for p in listed):  # else the search replans (another grid)
-                found.append(after_job(str(stamp), {p: by_path[p] for p in listed}))
+    """(vanished, rewritten) cells of the study's finished jobs (``grid.after_job``): its
+    bundles', or its search parts' (``search.after_rounds``)."""
+    if study.search:
+        from mfpipe.search import after_rounds  # lazy: pandas, for searched studies only
+
+        return after_rounds(study)
+    found = [b.after_job() for b in study.bundles]
     return [c for v, _ in found for c in v], [c for _, r in found for c in r]
 
 
