@@ -730,8 +730,10 @@ def form_bundles(study: Study, resources: dict) -> None:
     if study.kind != "train" or study.search is not None or cap < 2 or not member_axes:
         return
     groups: dict[str, list[Cell]] = {}
-    for cell in study.cells[:study.n_grid_cells]:
-        groups.setdefault(key_without(cell.key, member_axes), []).append(cell)
+    shared_levels = [i for i, a in enumerate(study.axes) if a not in member_axes]
+    for cell in study.cells[:study.n_grid_cells]:  # a grid cell's key: one level per axis
+        levels = cell.key.split("/")
+        groups.setdefault("/".join([levels[i] for i in shared_levels]), []).append(cell)
     latency = float(resources["seconds_per_layer_step"])
     base_mb = int(resources["mem_mb_base"])
     index = parameter_index(study.kind)
