@@ -5,8 +5,8 @@
    trainable iff depth ≤ n·ξ_c (n = 6, times a log-normal factor per column), seeds flipping
    near the boundary and a few columns with a hole (non-monotone); cells and rounds of the
    search against the full grid, and how many columns get the full grid's bracket;
-2. ``cpu`` — a CPU-sized study trained for real here (mnist5k, 12 σ_w², 15 depths, ρ ∈ {1, 0.98},
-   2 seeds): the full grid, then the search in rounds, each in one process (`mfpipe train-cell
+2. ``cpu`` — a CPU-sized study trained for real here (mnist5k, 12 σ_w², 22 depths 2–64 spaced
+   ~1.15× apart, ρ ∈ {1, 0.98}, 2 seeds): the full grid, then the search in rounds, each in one process (`mfpipe train-cell
    --cells-file` stacks a round's cells into bundles by depth); cells trained, wall time,
    columns with the same bracket (goal ≥ 90%), the fitted n of n·ξ_c with its interval per ρ
    (goal: overlapping), and the ratio of cells (goal ≥ 5×).
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from mfpipe import search  # noqa: E402
-from mfpipe.grid import build_studies, load_config  # noqa: E402
+from mfpipe.grid import build_studies, key_without, load_config  # noqa: E402
 
 MFPIPE = str(Path(sys.executable).parent / "mfpipe")
 
@@ -66,7 +66,7 @@ def synthetic_oracle(study, rng, n=6.0, spread=0.15, flip_near=0.1, holes=0.03):
 
     def oracle(cell):
         if cell.key not in fixed:
-            key = search._drop_levels(cell.key, ("depth", "seed"))
+            key = key_without(cell.key, ("depth", "seed"))
             depth = cell.params["depth"]
             ok = depth <= limit[key] and depth != hole.get(key)
             if abs(np.log(depth / limit[key])) < flip_near and truth_rng.random() < 0.3:
@@ -113,7 +113,8 @@ def bench_presets(seed: int) -> None:
 CPU_STUDY = {
     "kind": "train", "search": True,
     "grid": {"dataset": "mnist5k", "activation": "tanh", "width": 32,
-             "depth": [2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 19, 23, 27, 32],
+             "depth": [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 20, 23, 26, 30, 35, 40, 46,
+                       53, 64],
              "sigma_w2": [0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.76, 2.0, 2.4, 3.0, 4.0, 6.0],
              "sigma_b2": 0.05, "keep_rate": [1, 0.98], "seed": [0, 1]},
     "settings": {"optimizer": "sgd", "lr": 0.01, "batch_size": 64, "steps": 200,
@@ -169,7 +170,7 @@ def bench_cpu(data_dir: str) -> None:
             rounds += 1
         got, want = brackets(plan), brackets(full_plan)
         same = sum(got[k] == want[k] for k in want)
-        per_column = pd.Series([search._drop_levels(c.key, ("depth", "seed")) for c in searched])
+        per_column = pd.Series([key_without(c.key, ("depth", "seed")) for c in searched])
         spent = per_column.value_counts()
         print(f"search cells per column: median {spent.median():.0f}, min {spent.min()}, "
               f"max {spent.max()}; flagged: {plan.summary()['seeds_disagree']} seeds disagree, "

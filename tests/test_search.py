@@ -277,6 +277,12 @@ def test_the_panel_multiplier_is_a_line_in_log_n_against_log_sigma_w2():
     assert trend["a"] == pytest.approx(n_a) and trend["b"] == pytest.approx(n_b)
     # σ_w² = 2 lies halfway between 1 and 4 in log: the geometric mean of the two n
     assert trend["d"] == pytest.approx(math.sqrt(n_a * n_b))
+    # a column far off the line does not tilt it (near criticality, ξ_c ≫ the boundary: its n
+    # is tiny): the median of the pairwise slopes keeps the line through a and b
+    e = search.Column("e", "p", depths, [], 1.5, xi_c=5000.0, state="bracketed", bracket=(32, 45))
+    robust = search.multiplier_trend([a, e, b, d])
+    assert robust["a"] == pytest.approx(n_a) and robust["b"] == pytest.approx(n_b)
+    assert robust["d"] == pytest.approx(math.sqrt(n_a * n_b))
     # censored and open columns do not count; one bracketed column gives its n to all
     assert search.multiplier_trend([a, c, d]) == pytest.approx({k: n_a for k in "acd"})
     assert search.multiplier_trend([c, d]) == {}

@@ -16,7 +16,7 @@ runs at chance), and picks per column the next depths, every seed of each:
   start in round 0 — about √m of its m columns, evenly spread over σ_w², both ends included
   (``pilot_columns``); every other column waits until the pilots beside it (the nearest on each
   side in σ_w² order) are settled (bracketed or censored), then starts from the panel's own n̂;
-* n̂ of L = n̂·ξ_c (``multiplier_trend``): a straight line in log n against log σ_w² through the
+* n̂ of L = n̂·ξ_c (``multiplier_trend``): a robust line in log n against log σ_w² through the
   panel's bracketed columns (n = the bracket's identric mean / ξ_c, as the fit takes it; one
   column: its n), since n drifts smoothly with σ_w²; none yet: n₀;
 * nothing known yet: the two depths around the prediction n̂·ξ_c (a pilot: n₀·ξ_c); a
@@ -60,7 +60,7 @@ from mfpipe.grid import (after_job, balanced_chunks, build_studies, config_from_
 from mfpipe.values import clean_float
 
 #: The ``search`` section of a study: the prediction's multiplier n₀ and the most rounds.
-SEARCH_DEFAULTS = {"n0": 6.0, "max_rounds": 12}
+SEARCH_DEFAULTS = {"n0": 6.0, "max_rounds": 16}
 #: Column states.
 STATES = ("bracketed", "censored_above", "censored_below", "open")
 
@@ -233,8 +233,8 @@ def next_probe(column: Column, trainable: list, mixed: list, n0: float,
 def multiplier_trend(columns: list[Column]) -> dict:
     """column key -> n̂ of L = n̂·ξ_c for every column of a panel, from its bracketed columns with
     a finite ξ_c (n = the bracket's identric mean / ξ_c, as the fit takes the boundary): the
-    least-squares line of log n against log σ_w² (n drifts smoothly with σ_w², and a line
-    averages the columns' noise), one column's n when there is one σ_w², {} when none."""
+    robust (Theil–Sen) line of log n against log σ_w² (n drifts smoothly with σ_w²), the median
+    n when there is one σ_w², {} when none."""
     from mfpipe.fit import identric_mean
 
     points = [(math.log(c.sigma_w2), math.log(float(identric_mean(*c.bracket)) / c.xi_c))
@@ -244,8 +244,14 @@ def multiplier_trend(columns: list[Column]) -> dict:
         return {}
     x, y = np.array(points).T
     if np.ptp(x) == 0:
-        return {c.key: float(np.exp(y.mean())) for c in columns}
-    slope, intercept = np.polyfit(x, y, 1)
+        return {c.key: float(np.exp(np.median(y))) for c in columns}
+    # Theil–Sen: the median of the pairwise slopes and of the intercepts they leave, so that a
+    # column far off the line (near criticality the boundary is set by the training budget, not
+    # by ξ_c: its n is tiny) does not tilt it
+    i, j = np.triu_indices(len(x), 1)
+    apart = x[i] != x[j]
+    slope = float(np.median((y[j] - y[i])[apart] / (x[j] - x[i])[apart]))
+    intercept = float(np.median(y - slope * x))
     return {c.key: float(np.exp(intercept + slope * math.log(c.sigma_w2)))
             for c in columns if c.sigma_w2 > 0}
 
