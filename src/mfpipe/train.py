@@ -142,6 +142,7 @@ class StackedOptimizer:
         self.t = 0
         self.square_avg = [torch.zeros_like(p) for p in self.params] if name in ("rmsprop", "adam") else None
         self.exp_avg = [torch.zeros_like(p) for p in self.params] if name == "adam" else None
+        self.scratch = [None] * len(self.params)
         self._set_lr(lr)
 
     def _set_lr(self, lr: torch.Tensor) -> None:
@@ -161,6 +162,9 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One update, in place: the gradients become the updates and the squares' scratch is
+        one buffer per parameter, so a step allocates nothing of a parameter's size (fresh pages
+        of a large stacked tensor cost more than its arithmetic on a CPU)."""
         self.t += 1
         if self.name == "adam":
             beta1, beta2 = self.betas
@@ -170,32 +174,37 @@ class StackedOptimizer:
             if g is None:
                 continue
             if self.name == "sgd":
-                update = g * lr
+                g.mul_(lr)
             elif self.name == "rmsprop":
-                v = self.square_avg[i]
-                g2 = g * g
-                g2.mul_(1 - self.alpha)
+                v, tmp = self.square_avg[i], self._scratch(i)
+                torch.mul(g, g, out=tmp)
+                tmp.mul_(1 - self.alpha)
                 v.mul_(self.alpha)
-                v.add_(g2)
-                denom = v.sqrt()
-                denom.add_(self.rms_eps)
-                update = g / denom
-                update.mul_(lr)
+                v.add_(tmp)
+                torch.sqrt(v, out=tmp)
+                tmp.add_(self.rms_eps)
+                g.div_(tmp)
+                g.mul_(lr)
             else:
-                m, v = self.exp_avg[i], self.square_avg[i]
-                d = g - m
-                d.mul_(1 - beta1)
-                m.add_(d)
-                g2 = g * g
-                g2.mul_(1 - beta2)
+                m, v, tmp = self.exp_avg[i], self.square_avg[i], self._scratch(i)
+                torch.sub(g, m, out=tmp)
+                tmp.mul_(1 - beta1)
+                m.add_(tmp)
+                torch.mul(g, g, out=tmp)
+                tmp.mul_(1 - beta2)
                 v.mul_(beta2)
-                v.add_(g2)
-                denom = v.sqrt()
-                denom.div_(bias2_sqrt)
-                denom.add_(self.adam_eps)
-                update = m / denom
-                update.mul_(lr / bias1)
-            p.sub_(update)
+                v.add_(tmp)
+                torch.sqrt(v, out=tmp)
+                tmp.div_(bias2_sqrt)
+                tmp.add_(self.adam_eps)
+                torch.div(m, tmp, out=g)
+                g.mul_(lr / bias1)
+            p.sub_(g)
+
+    def _scratch(self, i: int) -> torch.Tensor:
+        if self.scratch[i] is None or self.scratch[i].shape != self.params[i].shape:
+            self.scratch[i] = torch.empty_like(self.params[i])
+        return self.scratch[i]
 
 
 # ----------------------------------------------------------------------------- stacked network
@@ -276,8 +285,13 @@ class _Noise:
 
     Member k draws, from its own generator, a block of T steps of hidden noise (T, L−1, B, N)
     then (with ``dropout_input``) of input noise (T, B, in) — sizes fixed by the shared shape, so
-    its stream never depends on the bundle.  Members without noise draw nothing: their slots hold
-    a neutral value (factor exactly 1, or an added −0.0, which leaves every number unchanged).
+    its stream never depends on the bundle — into its slot of one stacked block, which a few
+    shared elementwise operations then turn, in place, into factors (or added values).  The
+    block and the dropout mask are allocated once: no tensor of the stacked block's size is
+    created per block (fresh pages of tens of MB cost more than the arithmetic on a CPU).
+    Members without noise draw nothing and their slots stay neutral through every transform
+    (dropout: a threshold of +∞ and a factor of 1 keep 1 at 1; √var = 0 keeps 1 and −0.0), a
+    factor of exactly 1 or an added −0.0, which leaves every number unchanged.
     """
 
     def __init__(self, param_list: list[dict], depth: int, batch: int, width: int, n_in: int, device):
@@ -289,57 +303,57 @@ class _Noise:
                            if noisy else None for p, noisy in zip(param_list, self.noisy)]
         self.T = noise_block_steps(depth, batch, width, n_in, p0["dropout_input"])
         K = len(param_list)
-        self.hid_shape = (self.T, depth - 1, batch, width) if depth >= 2 else None
-        self.in_shape = (self.T, batch, n_in) if p0["dropout_input"] else None
-        neutral = 0.0 if self.kind == "dropout" else -1.0
-        self.raw_hid = None if self.hid_shape is None else torch.full((K, *self.hid_shape), neutral, device=device)
-        self.raw_in = None if self.in_shape is None else torch.full((K, *self.in_shape), neutral, device=device)
-        view = (K, 1, 1, 1)
-        if self.kind == "dropout":
+        hid_shape = (self.T, depth - 1, batch, width) if depth >= 2 else None
+        in_shape = (self.T, batch, n_in) if p0["dropout_input"] else None
+        neutral = -0.0 if self.additive else 1.0
+        self.hid = None if hid_shape is None else torch.full((K, *hid_shape), neutral, device=device)
+        self.inp = None if in_shape is None else torch.full((K, *in_shape), neutral, device=device)
+        if self.kind == "dropout":  # u < ρ: 1/ρ, else 0
             rho = torch.tensor([p["keep_rate"] for p in param_list], dtype=torch.float64)
-            self.a = rho.to(torch.float32).to(device).view(view)
-            self.b = (1.0 / rho).to(torch.float32).to(device).view(view)
-        else:
+            self.a = torch.where(torch.tensor(self.noisy), rho.to(torch.float32), math.inf)
+            self.b = (1.0 / rho).to(torch.float32)
+            self.masks = [None if t is None else torch.empty(t.shape, dtype=torch.bool, device=device)
+                          for t in (self.hid, self.inp)]
+        else:  # n·√var (+ 1 for gaussian)
             sd = torch.tensor([math.sqrt(p["noise_var"]) for p in param_list], dtype=torch.float64)
-            self.a = sd.to(torch.float32).to(device).view(view)
-            self.b = None
-        self.fac_hid = self.fac_in = None
+            self.a, self.b, self.masks = sd.to(torch.float32), None, [None, None]
+        self.a = self.a.to(device)
+        self.b = None if self.b is None else self.b.to(device)
         self.pos = self.T
 
-    def _factors(self, raw: torch.Tensor | None) -> torch.Tensor | None:
-        if raw is None:
-            return None
-        a = self.a.view(-1, *([1] * (raw.dim() - 1)))
+    def _transform(self, block: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Draws to factors / added values, in place, for every member at once."""
+        view = (-1, *([1] * (block.dim() - 1)))
         if self.kind == "dropout":
-            b = self.b.view(-1, *([1] * (raw.dim() - 1)))
-            return torch.where(raw < a, b, 0.0)
-        values = raw * a
-        if self.kind == "gaussian":
-            values.add_(1.0)
-        return values
+            torch.lt(block, self.a.view(view), out=mask)
+            block.copy_(mask)
+            block.mul_(self.b.view(view))
+        else:
+            block.mul_(self.a.view(view))
+            if self.kind == "gaussian":
+                block.add_(1.0)
 
     def step(self):
         """The noise of the next training step (see ``StackedMLP.forward``)."""
         if self.pos == self.T:
             draw = torch.Tensor.uniform_ if self.kind == "dropout" else torch.Tensor.normal_
-            for k, gen in enumerate(self.generators):
-                if gen is not None:
-                    if self.raw_hid is not None:
-                        draw(self.raw_hid[k], generator=gen)
-                    if self.raw_in is not None:
-                        draw(self.raw_in[k], generator=gen)
-            self.fac_hid, self.fac_in = self._factors(self.raw_hid), self._factors(self.raw_in)
+            for block, mask in zip((self.hid, self.inp), self.masks):
+                if block is not None:
+                    for k, gen in enumerate(self.generators):
+                        if gen is not None:
+                            draw(block[k], generator=gen)
+                    self._transform(block, mask)
             self.pos = 0
         t = self.pos
         self.pos += 1
-        hid = None if self.fac_hid is None else self.fac_hid[:, t].unbind(1)
-        inp = None if self.fac_in is None else self.fac_in[:, t]
+        hid = None if self.hid is None else self.hid[:, t].unbind(1)
+        inp = None if self.inp is None else self.inp[:, t]
         return inp, hid, self.additive
 
     def compact(self, keep: torch.Tensor, keep_list: list[int]) -> None:
         pick = lambda t: None if t is None else t.index_select(0, keep)  # noqa: E731
-        self.raw_hid, self.raw_in = pick(self.raw_hid), pick(self.raw_in)
-        self.fac_hid, self.fac_in = pick(self.fac_hid), pick(self.fac_in)
+        self.hid, self.inp = pick(self.hid), pick(self.inp)
+        self.masks = [pick(m) for m in self.masks]
         self.a, self.b = pick(self.a), pick(self.b)
         self.noisy = [self.noisy[k] for k in keep_list]
         self.generators = [self.generators[k] for k in keep_list]
