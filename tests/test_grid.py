@@ -391,7 +391,7 @@ def test_a_grid_too_large_is_refused_with_its_size_before_it_is_built():
 
 def test_status_of_bundled_cells_reads_their_bundle_stamps(tmp_path):
     """A bundle member is done when its bundle's stamp records its current identity, stale when
-    it records another; without a stamp its file tells.  Jobs left count bundles with anything
+    it records another or none; without a stamp (or with one of paths only) its file tells.  Jobs left count bundles with anything
     to train, not cells."""
     from mfpipe import status
 
@@ -408,6 +408,14 @@ def test_status_of_bundled_cells_reads_their_bundle_stamps(tmp_path):
             {"engine_version": engine, "cells": {c.path: c.id for c in bundle.cells}}))
     states = status.cell_states(studies, tmp_path)
     assert [len(states["s"][k]) for k in ("done", "stale", "missing")] == [4, 0, 2]
+    (tmp_path / first.stamp).write_text(json.dumps(  # its job did not write the first member
+        {"engine_version": engine, "cells": {c.path: c.id for c in first.cells[1:]}}))
+    assert [len(status.cell_states(studies, tmp_path)["s"][k])
+            for k in ("done", "stale", "missing")] == [3, 1, 2]
+    (tmp_path / first.stamp).write_text(json.dumps(  # a stamp from before stamps held identities
+        {"engine_version": engine, "trained": [c.path for c in first.cells]}))
+    assert [len(status.cell_states(studies, tmp_path)["s"][k])  # unreadable files: not these cells
+            for k in ("done", "stale", "missing")] == [1, 3, 2]
     (tmp_path / first.stamp).write_text(json.dumps(
         {"engine_version": engine, "cells": {c.path: "another" for c in first.cells}}))
     assert [len(status.cell_states(studies, tmp_path)["s"][k])

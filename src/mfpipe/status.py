@@ -109,10 +109,12 @@ def _member_states(study, root: Path) -> dict[int, str]:
         for cell in bundle.cells:
             if not (root / cell.path).exists():
                 continue
-            if recorded is None or recorded.get(cell.path, cell.id) is None:
-                done = stored_identity_matches(cell.kind, cell.params, root / cell.path)
+            if recorded is not None and cell.path not in recorded:
+                done = False  # its bundle's finished job did not write it: the job reruns
+            elif recorded is None or recorded[cell.path] is None:  # no current stamp, or one
+                done = stored_identity_matches(cell.kind, cell.params, root / cell.path)  # of paths only
             else:
-                done = recorded.get(cell.path) == cell.id
+                done = recorded[cell.path] == cell.id
             out[id(cell)] = "done" if done else "stale"
     return out
 
