@@ -7,7 +7,8 @@
 1. Per shape (the default config's: width 64, batch 64, depth 4–128; the presets': width
    300–1000, batch 128–1000, depth 40–100) and bundle size K = 1, 4, 16, 64 (as far as the
    memory and time budgets allow): time per cell-step of the engine's own training step
-   (``train._Bundle.step``: process CPU time on the CPU, wall time on a GPU), and the
+   (``train._Bundle.step``: process CPU time on the CPU, wall time on a GPU; the fastest of
+   ``--repeats`` windows, taken in turn across K so that the K compare side by side), and the
    operations it dispatches per cell-step, counted with a ``TorchDispatchMode`` — all of them,
    and those that are not views (a GPU kernel-launch proxy).  Goal: at K ≥ 16 at most 1/16 of
    K = 1 (the per-member operations left are the members' own random draws: one noise block
@@ -92,69 +93,92 @@ def sync(dev) -> None:
         torch.cuda.synchronize(dev)
 
 
-def measure(shape: dict, K: int, steps: int, dev) -> dict:
-    n_train = max(shape["batch"] * (steps + 4), 1024)
-    data = synthetic_data(n_train, N_IN, dev)
-    bundle = _Bundle(members(K, shape), data, dev)
-    bundle.step()  # warm-up: first-use costs, and the epoch's randperms
-    sync(dev)
-    counter = CountOps()
-    with counter:
-        bundle.step()
-    sync(dev)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    for _ in range(steps):
-        bundle.step()
-    sync(dev)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return {"cpu_ms": 1e3 * cpu / (steps * K), "wall_ms": 1e3 * wall / (steps * K),
-            "ops": counter.all / K, "launches": counter.launches / K}
+class Measured:
+    """One bundle of K members of ``shape``, ready to time: its dispatched operations per
+    cell-step are counted once (one steady step), its time per cell-step in ``window`` calls."""
+
+    def __init__(self, shape: dict, K: int, steps: int, repeats: int, dev):
+        self.K, self.steps, self.dev = K, steps, dev
+        n_train = max(shape["batch"] * (steps * repeats + 4), 1024)
+        self.bundle = _Bundle(members(K, shape), synthetic_data(n_train, N_IN, dev), dev)
+        self.bundle.step()  # warm-up: first-use costs, and the epoch's randperms
+        sync(dev)
+        counter = CountOps()
+        with counter:
+            self.bundle.step()
+        sync(dev)
+        self.ops, self.launches = counter.all / K, counter.launches / K
+        self.cpu_ms, self.wall_ms = [], []
+
+    def window(self) -> None:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for _ in range(self.steps):
+            self.bundle.step()
+        sync(self.dev)
+        self.cpu_ms.append(1e3 * (time.process_time() - cpu0) / (self.steps * self.K))
+        self.wall_ms.append(1e3 * (time.perf_counter() - wall0) / (self.steps * self.K))
 
 
 def shapes(quick: bool) -> list[dict]:
     default = [{"name": f"default L={L}", "width": 64, "depth": L, "batch": 64, "optimizer": "sgd", "lr": 0.01,
-                "keep_rate": 0.98, "steps": 10 if quick else 20} for L in ((4, 32) if quick else (4, 32, 128))]
+                "keep_rate": 0.98, "steps": 10 if quick else 20, "cell_steps": 1000}
+               for L in ((4, 32) if quick else (4, 32, 128))]
     presets = [
         {"name": "schoenholz (N300 L100 B128, rmsprop)", "width": 300, "depth": 100, "batch": 128,
-         "optimizer": "rmsprop", "lr": 1e-3, "keep_rate": 0.99, "steps": 2},
+         "optimizer": "rmsprop", "lr": 1e-3, "keep_rate": 0.99, "steps": 2, "cell_steps": 13780},
         {"name": "huang (N400 L100 B1000, sgd)", "width": 400, "depth": 100, "batch": 1000,
-         "optimizer": "sgd", "lr": 1e-3, "keep_rate": 0.9, "steps": 1},
+         "optimizer": "sgd", "lr": 1e-3, "keep_rate": 0.9, "steps": 1, "cell_steps": 10000},
         {"name": "pretorius (N1000 L40 B128, input dropout)", "width": 1000, "depth": 40, "batch": 128,
-         "optimizer": "sgd", "lr": 1e-3, "keep_rate": 0.8, "dropout_input": True, "steps": 2},
+         "optimizer": "sgd", "lr": 1e-3, "keep_rate": 0.8, "dropout_input": True, "steps": 2,
+         "cell_steps": 93750},
     ]
     return default + (presets[:1] if quick else presets)
 
 
 def benchmark_steps(args, dev) -> None:
-    print(f"\n== per cell-step, device {dev}, torch threads {torch.get_num_threads()}, memory budget "
-          f"{args.mem_gb:g} GB, time budget {args.max_seconds:g} s per measurement ==")
+    """Per shape, the bundles of every K side by side: ``--repeats`` rounds, each timing one
+    window of every K in turn, and the fastest window of each K (this machine's neighbours slow
+    single windows down by up to 1.5×; the fastest is the least disturbed)."""
     timing = "CPU ms" if dev.type == "cpu" else "wall ms"
-    print(f"{'shape':44s} {'K':>3s} {timing + '/cell-step':>17s} {'speed-up':>8s} {'ops/cell-step':>13s} "
-          f"{'launches/cell-step':>18s} {'vs K=1':>7s}")
+    print(f"\n== per cell-step, device {dev}, torch threads {torch.get_num_threads()}, memory budget "
+          f"{args.mem_gb:g} GB, time budget {args.max_seconds:g} s per bundle; {timing}: the fastest of "
+          f"{args.repeats} windows, taken in turn across K (and the slowest); cells/h: cells of the "
+          f"preset's steps trained per {'core' if dev.type == 'cpu' else 'GPU'}-hour, training steps only ==")
+    print(f"{'shape':44s} {'K':>3s} {timing + '/cell-step':>17s} {'(slowest)':>9s} {'speed-up':>8s} "
+          f"{'ops/cell-step':>13s} {'launches/cell-step':>18s} {'vs K=1':>7s} {'cells/h':>8s}")
+    key = "cpu_ms" if dev.type == "cpu" else "wall_ms"
     for shape in shapes(args.quick):
-        base = None
+        steps = shape["steps"] * (1 if dev.type == "cpu" else 10)  # a GPU step is short: longer windows
+        runs: list[Measured] = []
         for K in args.k:
             need = K * member_bytes(shape)
             if need > args.mem_gb * 2**30:
                 print(f"{shape['name']:44s} {K:3d}   skipped: ~{need / 2**30:.1f} GB > memory budget")
                 continue
-            if base is not None:
-                projected = base["cpu_ms" if dev.type == "cpu" else "wall_ms"] * 1e-3 * K * (shape["steps"] + 2)
+            if runs:
+                projected = min(getattr(runs[0], key)) * 1e-3 * K * steps * (args.repeats + 2)
                 if projected > args.max_seconds:
                     print(f"{shape['name']:44s} {K:3d}   skipped: ~{projected:.0f} s > time budget")
                     continue
             try:
-                r = measure(shape, K, shape["steps"], dev)
+                run = Measured(shape, K, steps, args.repeats, dev)
+                if not runs:
+                    run.window()  # K = 1 first: the time budget's projection
+                runs.append(run)
             except (RuntimeError, MemoryError) as err:  # out of memory on the device
                 print(f"{shape['name']:44s} {K:3d}   failed: {str(err).splitlines()[0][:60]}")
-                continue
-            base = base or r
-            t = r["cpu_ms"] if dev.type == "cpu" else r["wall_ms"]
-            t1 = base["cpu_ms"] if dev.type == "cpu" else base["wall_ms"]
-            print(f"{shape['name']:44s} {K:3d} {t:17.3f} {t1 / t:7.2f}× {r['ops']:13.1f} {r['launches']:18.2f} "
-                  f"{r['launches'] / base['launches']:7.4f}", flush=True)
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        for _ in range(args.repeats):
+            for run in runs:
+                if len(getattr(run, key)) < args.repeats:
+                    run.window()
+        for run in runs:
+            t, slowest, t1 = min(getattr(run, key)), max(getattr(run, key)), min(getattr(runs[0], key))
+            print(f"{shape['name']:44s} {run.K:3d} {t:17.3f} {slowest:9.3f} {t1 / t:7.2f}× {run.ops:13.1f} "
+                  f"{run.launches:18.2f} {run.launches / runs[0].launches:7.4f} "
+                  f"{3.6e6 / (t * shape['cell_steps']):8.1f}", flush=True)
+        del runs
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- GPU-hour model
@@ -255,6 +279,8 @@ def main() -> int:
                         help="memory budget of one measurement (default: 6 on the CPU, 80%% of the GPU's free memory)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="skip a K whose projected time exceeds this (default 60 on the CPU, 120 on a GPU)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed windows per bundle, taken in turn across K (default 3)")
     parser.add_argument("--launch-us", type=float, default=6.0)
     parser.add_argument("--peak-flops", type=float, default=50e12)
     parser.add_argument("--efficiency", type=float, default=0.3)

@@ -431,10 +431,10 @@ class _Bundle:
         if self.pos + batch > n_train:
             self.perms = torch.stack([torch.randperm(n_train, generator=g) for g in self.batch_gens]).to(self.dev)
             self.pos = 0
-        idx = self.perms[:, self.pos:self.pos + batch].reshape(-1)
+        idx = self.perms[:, self.pos:self.pos + batch]  # (K, batch): a gather each, whatever K
         self.pos += batch
-        xb = self.data["x_train"].index_select(0, idx).view(K, batch, self.n_in)
-        yb = self.data["y_train"].index_select(0, idx)
+        xb = self.data["x_train"][idx]
+        yb = self.data["y_train"][idx].view(-1)
         logits = self.net.forward(xb, self.noise.step() if self.noise is not None else None)
         rows = F.cross_entropy(logits.view(K * batch, self.n_classes), yb, reduction="none")
         if self.grad_rows is None:
