@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mfpipe import cells
@@ -62,3 +64,42 @@ def test_bundles_are_cut_to_fit_the_memory_budget():
     sizes = [len(c) for c in cells.memory_chunks("train", group, None, budget=2 * one)]
     assert sizes == [2, 2, 1]
     assert [len(c) for c in cells.memory_chunks("train", group, 4, budget=10**12)] == [4, 1]
+
+
+def test_on_a_cpu_bundles_stack_parameters_up_to_a_limit():
+    """Wide cells train one by one on a CPU (stacked, they outgrow the caches: slower per cell);
+    narrow ones still stack; a GPU has no such limit."""
+    narrow = [({"dataset": "digits", "width": 64, "depth": 4, "seed": s}, f"{s}.parquet") for s in range(5)]
+    wide = [({"dataset": "mnist", "width": 1000, "depth": 40, "seed": s}, f"{s}.parquet") for s in range(3)]
+    assert cells.estimated_cost("train", wide[0][0])["param_bytes"] > cells.CPU_STACK_BYTES / 2
+    assert cells.stack_limit("cpu") == cells.CPU_STACK_BYTES
+    chunks = lambda group, limit: [len(c) for c in cells.memory_chunks(  # noqa: E731
+        "train", group, None, budget=10**15, stack_bytes=limit)]
+    assert chunks(wide, cells.stack_limit("cpu")) == [1, 1, 1]
+    assert chunks(narrow, cells.stack_limit("cpu")) == [5]
+    assert chunks(wide, None) == [3]
+
+
+def test_a_cells_file_of_wide_cells_trains_them_one_by_one_on_a_cpu(tmp_path, monkeypatch):
+    """Through `mfpipe train-cell --cells-file`: every cell is written, each from a bundle of
+    one when the limit is below two cells' parameters, and its rows are those it has in a
+    bundle (the limit changes only the speed)."""
+    import pandas as pd
+
+    base = {"dataset": "digits", "width": 16, "depth": 3, "steps": 20, "checkpoints": [0, 20],
+            "batch_size": 16, "eval_size": 100, "keep_rate": 0.9}
+    entries = [{**base, "seed": s, "output": str(tmp_path / f"{s}.parquet")} for s in range(3)]
+    (tmp_path / "cells.json").write_text(json.dumps(entries))
+    args = ["train-cell", "--cells-file", str(tmp_path / "cells.json"), "--device", "cpu",
+            "--data-dir", str(tmp_path)]
+    assert main(args) == 0
+    stacked = [pd.read_parquet(e["output"]) for e in entries]
+    assert all((f["bundle_size"] == 3).all() for f in stacked)
+    one = cells.estimated_cost("train", base)["param_bytes"]
+    monkeypatch.setattr(cells, "CPU_STACK_BYTES", one + one // 2)
+    assert main(args) == 0
+    alone = [pd.read_parquet(e["output"]) for e in entries]
+    assert all((f["bundle_size"] == 1).all() for f in alone)
+    for a, b in zip(stacked, alone):
+        pd.testing.assert_frame_equal(a[["step", "train_loss", "train_accuracy", "test_accuracy"]],
+                                      b[["step", "train_loss", "train_accuracy", "test_accuracy"]], check_exact=True)

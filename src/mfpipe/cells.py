@@ -396,8 +396,9 @@ def run_cells_cli(args, kind: str, run_cell, run_bundle=None) -> int:
             for params, output in jobs:
                 groups.setdefault(bundle_key(kind, params), []).append((params, output))
             cap = int(bundle_size) if bundle_size is not None else None
+            stack = stack_limit(args.device)
             for group in groups.values():
-                for chunk in memory_chunks(kind, group, cap, budget):
+                for chunk in memory_chunks(kind, group, cap, budget, stack):
                     run_bundle([p for p, _ in chunk], [o for _, o in chunk],
                                device=args.device, data_dir=args.data_dir)
         if args.stamp is not None:
@@ -446,17 +447,34 @@ def check_memory(kind: str, params: dict, budget: int) -> None:
                          f"{need / 1e9:.3g} GB, the device has {budget / 1e9:.3g} GB to spare")
 
 
-def memory_chunks(kind: str, group: list, cap: int | None, budget: int):
+#: On a CPU a bundle's stacked parameters stay within this many bytes: beyond it the stacked
+#: weights and optimizer state outgrow the caches, and a bundle trains slower per cell than its
+#: cells one by one (``benchmarks/bundle.py`` on a 2-core EPYC: width 64 at 9–37 MB stacked
+#: 1.27–1.45× faster per cell; widths 400 and 1000 at 250–620 MB 0.95× and 0.75×).  A GPU has no
+#: such limit (its bundles amortise kernel launches).
+CPU_STACK_BYTES = 128 * 2**20
+
+
+def stack_limit(device: str) -> int | None:
+    """Bytes of stacked parameters one bundle may hold on ``device`` (None: no limit)."""
+    return CPU_STACK_BYTES if resolve_device(device).type == "cpu" else None
+
+
+def memory_chunks(kind: str, group: list, cap: int | None, budget: int, stack_bytes: int | None = None):
     """Consecutive chunks of ``group`` ((params, output) pairs) of at most ``cap`` cells whose
-    summed memory estimate fits ``budget``: what one stacked bundle may hold."""
-    chunk, used = [], 0
+    summed memory estimate fits ``budget`` and whose summed parameters fit ``stack_bytes`` (when
+    given; a cell alone always fits): what one stacked bundle may hold."""
+    chunk, used, stacked = [], 0, 0
     for params, output in group:
-        need = estimated_cost(kind, params)["peak_bytes"]
-        if chunk and ((cap is not None and len(chunk) >= cap) or used + need > budget):
+        cost = estimated_cost(kind, params)
+        need, weights = cost["peak_bytes"], cost["param_bytes"]
+        if chunk and ((cap is not None and len(chunk) >= cap) or used + need > budget
+                      or (stack_bytes is not None and stacked + weights > stack_bytes)):
             yield chunk
-            chunk, used = [], 0
+            chunk, used, stacked = [], 0, 0
         chunk.append((params, output))
         used += need
+        stacked += weights
     if chunk:
         yield chunk
 
