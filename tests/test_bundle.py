@@ -30,8 +30,8 @@ def tiny(**over):
             "activation": "relu", **over}
 
 
-def frames(params_list, tmp_path):
-    return [t.to_pandas() for t in train_bundle(params_list, device="cpu", data_dir=tmp_path, progress=False)]
+def frames(params_list, tmp_path, device="cpu"):
+    return [t.to_pandas() for t in train_bundle(params_list, device=device, data_dir=tmp_path, progress=False)]
 
 
 def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame):
@@ -74,6 +74,18 @@ def test_a_cell_is_the_same_alone_and_in_any_bundle(case, tmp_path):
     assert_same_rows(in_a[2], frames([diverging], tmp_path)[0])
     # the neighbours are real, different networks
     assert in_b[0]["train_loss"].iloc[-1] != alone["train_loss"].iloc[-1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run it on a GPU machine)")
+@pytest.mark.parametrize("case", ["rmsprop-dropout", "sgd-additive-input"])
+def test_on_a_gpu_a_cell_is_the_same_alone_and_in_a_bundle(case, tmp_path):
+    """Whether the CPU's guarantee holds on a GPU too (batched kernels may pick another
+    algorithm for another batch count): a cell alone and inside a bundle of 16."""
+    member = lambda **over: tiny(**{**CASES[case], **over})  # noqa: E731
+    cell = member(seed=5, sigma_w2=1.8)
+    alone = frames([cell], tmp_path, device="cuda")[0]
+    bundle = frames([member(seed=s, sigma_w2=1.0 + 0.1 * s) for s in range(15)] + [cell], tmp_path, device="cuda")
+    assert_same_rows(alone, bundle[-1])
 
 
 def test_noise_is_on_and_members_differ(tmp_path):
