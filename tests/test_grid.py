@@ -425,3 +425,22 @@ def test_status_of_bundled_cells_reads_their_bundle_stamps(tmp_path):
             for k in ("done", "stale", "missing")] == [1, 3, 2]
     summary = status.summarise(studies, states, resources_of(config))
     assert summary["total"]["jobs_left"] == 1  # the second bundle, for its 2 missing members
+
+
+def test_the_workflow_draws_a_figure_when_a_table_it_needs_exists():
+    """grid.FIGURE_TABLES says what each figure needs (mfpipe figures checks by it too): the
+    workflow names its files per flag, and gets the figures it can draw with their inputs."""
+    from mfpipe.grid import FIGURE_TABLES, drawable_figures
+    from mfpipe import figures
+
+    assert figures.FIGURES == tuple(FIGURE_TABLES)
+    drawn = drawable_figures({
+        "phase_diagram": {"theory": False},  # no theory map: not drawn
+        "gradient_norms": {"gradients": "g.parquet", "theory": "t.parquet"},
+        "universality": {"gradients": "g.parquet", "fit": "f.parquet"},  # fit: not its flag
+        "trainability": {"fit": None},
+        "fit_summary": {"fit": "f.parquet"},
+    })
+    assert drawn == {"gradient_norms": {"gradients": "g.parquet", "theory": "t.parquet"},
+                     "universality": {"gradients": "g.parquet"}, "fit_summary": {"fit": "f.parquet"}}
+    assert drawable_figures({"gradient_norms": {"theory": "t.parquet"}}) == {}  # optional alone

@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 
 from mfpipe.errors import InputError
+from mfpipe.grid import FIGURE_TABLES
 from mfpipe.store import atomic_path, read_table
 
-FIGURES = ("phase_diagram", "iterates", "dropout_depth", "gradient_norms", "trainability",
-           "universality", "fit_summary")
+FIGURES = tuple(FIGURE_TABLES)
 
 #: Symbols of the papers, used on every axis.
 SYM = {
@@ -106,11 +106,6 @@ def _split_forms(text: str) -> list[str]:
     return _parse_forms(text) if text.strip() else []
 
 
-NEEDS = {"phase_diagram": ("theory",), "iterates": ("iterates",), "dropout_depth": ("theory",),
-         "gradient_norms": ("gradients",), "trainability": ("fit",),
-         "universality": ("gradients|huang_gradients",), "fit_summary": ("fit",)}
-
-
 def render(wanted, *, theory=None, iterates=None, gradients=None, huang_gradients=None, fit=None,
            outdir=Path("results/figures"), outputs=None, strict=False, forms=(), reference="6*xi_c"):
     """Render the ``wanted`` figures whose inputs are given; returns the PNG paths written."""
@@ -129,7 +124,7 @@ def render(wanted, *, theory=None, iterates=None, gradients=None, huang_gradient
         return cache[key]
 
     for name in wanted:
-        need = NEEDS[name][0]
+        need = FIGURE_TABLES[name][0]
         if not any(given[k] for k in need.split("|")):
             if strict:
                 raise InputError(name, "no input", f"--{need.replace('_', '-').replace('|', ' or --')} for this figure")

@@ -978,6 +978,26 @@ FIT_FLAGS = {"bootstrap": "--bootstrap", "threshold": "--threshold", "accuracy":
              "step": "--step", "boundary": "--boundary", "forms": "--forms", "seed": "--seed"}
 FIGURE_FLAGS = {"forms": "--forms", "reference": "--reference"}
 
+#: The figures and the tables each is drawn from, as ``mfpipe figures`` flags: the first it
+#: needs ("a|b": either), the others it draws on when given.  ``mfpipe.figures`` renders and
+#: checks by it; the workflow wires its tables to it (``drawable_figures``).
+FIGURE_TABLES = {"phase_diagram": ("theory",), "iterates": ("iterates",), "dropout_depth": ("theory",),
+                 "gradient_norms": ("gradients", "theory"), "trainability": ("fit",),
+                 "universality": ("gradients|huang_gradients",), "fit_summary": ("fit",)}
+
+
+def drawable_figures(files: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """figure -> {flag: file} of the figures a workflow draws, from ``files``: per figure, the
+    file it has for each flag (None or False: none).  A figure is drawn when a flag it needs
+    has a file; it is given the files it has of the flags it reads."""
+    out = {}
+    for name, (needed, *optional) in FIGURE_TABLES.items():
+        have = {flag: path for flag, path in files.get(name, {}).items()
+                if path and flag in (*needed.split("|"), *optional)}
+        if any(flag in have for flag in needed.split("|")):
+            out[name] = have
+    return out
+
 
 def section_flags(config: dict, section: str, flags: dict[str, str]) -> str:
     """The flags of one config section as shell text, every value quoted (the schema already

@@ -27,8 +27,8 @@ from mfpipe.errors import InputError
 from mfpipe.values import format_number
 from mfpipe.grid import (FIGURE_FLAGS, FIT_FLAGS, KIND_COMMANDS, KIND_DATASETS,
                          THEORY_ITERATES_DEFAULT, THEORY_MAP_DEFAULT, build_studies,
-                         engine_versions, resources_of, runtime_minutes, section_flags,
-                         theory_grid_args)
+                         drawable_figures, engine_versions, resources_of, runtime_minutes,
+                         section_flags, theory_grid_args)
 
 try:
     STUDIES = build_studies(config)
@@ -307,27 +307,24 @@ HAS_MAP = stage_available("mfpipe.theory.cli") and THEORY_CONFIG.get("map", {}).
 HAS_ITERATES = (stage_available("mfpipe.theory.cli_iterates")
                 and THEORY_CONFIG.get("iterates", {}).get("enabled", True))
 
-# Figures and the tables each is drawn from (`mfpipe figures` flag -> file).
+# Figures and the tables each is drawn from (`mfpipe figures` flag -> file): what each figure
+# needs is mfpipe.grid.FIGURE_TABLES; here, which of the workflow's tables feeds which flag.
 FIT_TABLES = ["results/fit.parquet", "results/fit.boundaries.parquet", "results/fit.cells.parquet",
               "results/fit.curves.parquet"]
-FIGURE_INPUTS = {}
-if HAS_FIGURES:
-    if HAS_MAP:
-        FIGURE_INPUTS["phase_diagram"] = {"theory": "results/theory_map.parquet"}
-        FIGURE_INPUTS["dropout_depth"] = {"theory": "results/theory_map.parquet"}
-    if HAS_ITERATES:
-        FIGURE_INPUTS["iterates"] = {"iterates": "results/iterates.parquet"}
-    if CELL_PATHS["grad"]:
-        FIGURE_INPUTS["gradient_norms"] = {"gradients": "results/gradients.parquet"}
-        if HAS_THEORY:
-            FIGURE_INPUTS["gradient_norms"]["theory"] = "results/theory.parquet"
-        # per-layer variances across initialisations: drawn only from studies with ≥ 2 inits
-        if any(c.params["inits"] >= 2 for s in STUDIES.values() if s.kind == "grad"
-               for c in s.cells):
-            FIGURE_INPUTS["universality"] = {"gradients": "results/gradients.parquet"}
-    if HAS_FIT:
-        FIGURE_INPUTS["trainability"] = {"fit": "results/fit.parquet"}
-        FIGURE_INPUTS["fit_summary"] = {"fit": "results/fit.parquet"}
+_THEORY_MAP = HAS_MAP and "results/theory_map.parquet"
+_GRADIENTS = bool(CELL_PATHS["grad"]) and "results/gradients.parquet"
+_FIT = HAS_FIT and "results/fit.parquet"
+FIGURE_INPUTS = drawable_figures({
+    "phase_diagram": {"theory": _THEORY_MAP},
+    "dropout_depth": {"theory": _THEORY_MAP},
+    "iterates": {"iterates": HAS_ITERATES and "results/iterates.parquet"},
+    "gradient_norms": {"gradients": _GRADIENTS, "theory": HAS_THEORY and "results/theory.parquet"},
+    # per-layer variances across initialisations: drawn only from studies with ≥ 2 inits
+    "universality": {"gradients": any(c.params["inits"] >= 2 for s in STUDIES.values()
+                                      if s.kind == "grad" for c in s.cells) and _GRADIENTS},
+    "trainability": {"fit": _FIT},
+    "fit_summary": {"fit": _FIT},
+}) if HAS_FIGURES else {}
 FIGURE_OPTIONS = section_flags(config, "figures", FIGURE_FLAGS)
 
 
