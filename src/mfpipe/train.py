@@ -142,7 +142,7 @@ class StackedOptimizer:
         self.t = 0
         self.square_avg = [torch.zeros_like(p) for p in self.params] if name in ("rmsprop", "adam") else None
         self.exp_avg = [torch.zeros_like(p) for p in self.params] if name == "adam" else None
-        self.scratch = [None] * len(self.params)
+        self._new_scratch()
         self._set_lr(lr)
 
     def _set_lr(self, lr: torch.Tensor) -> None:
@@ -158,6 +158,7 @@ class StackedOptimizer:
         self.params = list(params)
         pick = lambda ts: None if ts is None else [t.index_select(0, keep) for t in ts]  # noqa: E731
         self.square_avg, self.exp_avg = pick(self.square_avg), pick(self.exp_avg)
+        self._new_scratch()
         self._set_lr(self.lr.index_select(0, keep))
 
     @torch.no_grad()
@@ -176,7 +177,7 @@ class StackedOptimizer:
             if self.name == "sgd":
                 g.mul_(lr)
             elif self.name == "rmsprop":
-                v, tmp = self.square_avg[i], self._scratch(i)
+                v, tmp = self.square_avg[i], self.scratch[i]
                 torch.mul(g, g, out=tmp)
                 tmp.mul_(1 - self.alpha)
                 v.mul_(self.alpha)
@@ -186,7 +187,7 @@ class StackedOptimizer:
                 g.div_(tmp)
                 g.mul_(lr)
             else:
-                m, v, tmp = self.exp_avg[i], self.square_avg[i], self._scratch(i)
+                m, v, tmp = self.exp_avg[i], self.square_avg[i], self.scratch[i]
                 torch.sub(g, m, out=tmp)
                 tmp.mul_(1 - beta1)
                 m.add_(tmp)
@@ -201,10 +202,11 @@ class StackedOptimizer:
                 g.mul_(lr / bias1)
             p.sub_(g)
 
-    def _scratch(self, i: int) -> torch.Tensor:
-        if self.scratch[i] is None or self.scratch[i].shape != self.params[i].shape:
-            self.scratch[i] = torch.empty_like(self.params[i])
-        return self.scratch[i]
+    def _new_scratch(self) -> None:
+        """One buffer per parameter for rmsprop's and adam's intermediate squares (its values
+        never outlive a step, so compaction allocates it anew)."""
+        self.scratch = ([torch.empty_like(p) for p in self.params]
+                        if self.name in ("rmsprop", "adam") else None)
 
 
 # ----------------------------------------------------------------------------- stacked network
